@@ -1,0 +1,155 @@
+"""Integer arithmetic of the affine quantization scheme.
+
+real = scale * (q - zero_point). Rounding is half to even (``torch.round``),
+results saturate to the integer range of the dtype. Scales are float32
+values (the precision ONNX stores them in); products of scales are taken in
+float64 from those float32 values.
+
+Activations are ``uint8`` (asymmetric, any zero point in [0, 255]) or
+``int8`` (symmetric, zero point 0, range [-128, 127]). Weights are ``int8``
+symmetric with the restricted range [-127, 127], so that ``-w`` is always
+representable. Biases are ``int32`` at ``input_scale * weight_scale``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+QRANGES: dict[str, tuple[int, int]] = {"uint8": (0, 255), "int8": (-128, 127)}
+TORCH_DTYPES: dict[str, torch.dtype] = {"uint8": torch.uint8, "int8": torch.int8}
+WEIGHT_QMAX = 127
+INT32_MAX = 2**31 - 1
+INT32_MIN = -(2**31)
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale, zero point and integer dtype of one quantized tensor."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+    def __post_init__(self) -> None:
+        if self.dtype not in QRANGES:
+            raise ValueError(f"invalid quantized dtype {self.dtype!r}: expected one of {sorted(QRANGES)}")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"invalid scale {self.scale!r}: expected a finite positive number")
+        qmin, qmax = QRANGES[self.dtype]
+        if not qmin <= self.zero_point <= qmax:
+            raise ValueError(f"zero point {self.zero_point} is outside the {self.dtype} range [{qmin}, {qmax}]")
+
+    @property
+    def qmin(self) -> int:
+        return QRANGES[self.dtype][0]
+
+    @property
+    def qmax(self) -> int:
+        return QRANGES[self.dtype][1]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return asdict(self)
+
+
+def to_float32(value: float) -> float:
+    """Round a Python float to the nearest float32 value."""
+    return float(np.float32(value))
+
+
+def qparams_from_range(lo: float, hi: float, dtype: str) -> QParams:
+    """Compute activation qparams that cover [lo, hi] (widened to contain 0).
+
+    uint8: scale = (hi - lo) / 255, zero_point = round(-lo / scale).
+    int8 (symmetric): scale = max(|lo|, |hi|) / 127, zero_point = 0.
+    A range of width 0 gives scale 1, so that an all-zero tensor still has
+    valid qparams.
+    """
+    lo = min(float(lo), 0.0)
+    hi = max(float(hi), 0.0)
+    if dtype == "uint8":
+        scale = to_float32((hi - lo) / 255.0) if hi > lo else 1.0
+        zero_point = int(np.clip(np.rint(-lo / scale), 0, 255))
+        return QParams(scale, zero_point, dtype)
+    if dtype == "int8":
+        amax = max(-lo, hi)
+        scale = to_float32(amax / 127.0) if amax > 0 else 1.0
+        return QParams(scale, 0, dtype)
+    raise ValueError(f"invalid activation dtype {dtype!r}: expected 'uint8' or 'int8'")
+
+
+def quantize(x: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    """Quantize a float tensor: clamp(round(x / scale) + zero_point)."""
+    scale = torch.tensor(qparams.scale, dtype=torch.float32)
+    q = torch.round(x.to(torch.float32) / scale) + qparams.zero_point
+    return q.clamp(qparams.qmin, qparams.qmax).to(qparams.torch_dtype)
+
+
+def dequantize(q: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    """Dequantize an integer tensor to float32: scale * (q - zero_point)."""
+    scale = torch.tensor(qparams.scale, dtype=torch.float32)
+    return (q.to(torch.float32) - qparams.zero_point) * scale
+
+
+def saturate(values: torch.Tensor, qparams: QParams, relu: bool = False) -> torch.Tensor:
+    """Round half to even, add the zero point, clamp and cast to the dtype.
+
+    ``values`` are real values divided by the output scale (float64). A fused
+    ReLU clamps at the zero point, which is quantize(max(real, 0)) because
+    quantization is monotonic and quantize(0) = zero_point.
+    """
+    q = torch.round(values) + qparams.zero_point
+    low = max(qparams.qmin, qparams.zero_point) if relu else qparams.qmin
+    return q.clamp(low, qparams.qmax).to(qparams.torch_dtype)
+
+
+def centered(q: torch.Tensor, qparams: QParams) -> torch.Tensor:
+    """Return q - zero_point as float64 (exact for integers below 2**53)."""
+    return q.to(torch.float64) - qparams.zero_point
+
+
+def weight_scales(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """Symmetric int8 weight scales: max|w| / 127 per output channel (axis 0).
+
+    With ``per_channel=False`` every channel gets the scale of the whole
+    tensor, so the result always has shape (out_channels,). A channel of
+    zeros gets scale 1.
+    """
+    flat = weight.detach().reshape(weight.shape[0], -1).to(torch.float64).abs()
+    amax = flat.amax(dim=1) if per_channel else flat.amax().expand(weight.shape[0])
+    scales = torch.where(amax > 0, amax / WEIGHT_QMAX, torch.ones_like(amax))
+    return scales.to(torch.float32)
+
+
+def quantize_weight(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Quantize a weight per output channel to int8 in [-127, 127]."""
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    q = torch.round(weight.detach().to(torch.float32) / scales.reshape(shape))
+    return q.clamp(-WEIGHT_QMAX, WEIGHT_QMAX).to(torch.int8)
+
+
+def quantize_bias(bias: torch.Tensor | None, bias_scales: torch.Tensor) -> torch.Tensor:
+    """Quantize a float bias to int32 at ``bias_scales`` (zeros when absent)."""
+    if bias is None:
+        return torch.zeros(bias_scales.shape, dtype=torch.int32)
+    q = torch.round(bias.detach().to(torch.float64) / bias_scales.to(torch.float64))
+    return q.clamp(INT32_MIN, INT32_MAX).to(torch.int32)
+
+
+def accumulator_bound(fan_in: int, input_qparams: QParams, weight: torch.Tensor, bias: torch.Tensor) -> int:
+    """Return the largest |accumulator| an integer dot product can reach.
+
+    fan_in * max|x - zero_point| * max|w| + max|bias|; it must fit int32,
+    the accumulator onnxruntime's QLinearConv and QGemm use.
+    """
+    x_span = max(input_qparams.zero_point - input_qparams.qmin, input_qparams.qmax - input_qparams.zero_point)
+    w_max = int(weight.to(torch.int32).abs().max()) if weight.numel() else 0
+    b_max = int(bias.to(torch.int64).abs().max()) if bias.numel() else 0
+    return fan_in * x_span * w_max + b_max

@@ -1,0 +1,441 @@
+"""Int8 modules of the converted GraphModule.
+
+Quantized tensors between these modules are plain integer tensors
+(``torch.uint8`` for asymmetric activations, ``torch.int8`` for symmetric
+ones) holding q values: real = scale * (q - zero_point). Every scale and zero
+point is a static attribute, held in a :class:`QParams` record with
+``scale`` (float, exactly representable as float32), ``zero_point`` (int)
+and ``dtype`` (``"uint8"`` or ``"int8"``).
+
+Each class maps to one ONNX QDQ pattern, given in its docstring. The
+arithmetic is written out so that an exporter and a reader can check that
+onnxruntime computes the same numbers: integer dot products are exact (taken
+in float64, exact below 2**53, and bounded at construction to fit the int32
+accumulator), requantization multiplies by
+``input_scale * weight_scale / output_scale`` in float64, rounds half to even
+and saturates. onnxruntime (QLinearConv, QGemm, QLinearAdd, or the float
+QDQ path) matches these outputs to within one step of the output scale.
+
+flatten, reshape, view and similar shape operations have no module: the fx
+node runs on the integer tensor directly and its qparams are those of its
+input (see ``qparams`` on the converted GraphModule).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages.quant.arithmetic import (
+    INT32_MAX,
+    QParams,
+    accumulator_bound,
+    centered,
+    dequantize,
+    quantize,
+    quantize_bias,
+    quantize_weight,
+    saturate,
+    to_float32,
+    weight_scales,
+)
+
+__all__ = [
+    "Quantize",
+    "Dequantize",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantAdd",
+    "QuantReLU",
+    "QuantMaxPool2d",
+    "QuantAvgPool2d",
+    "QuantAdaptiveAvgPool2d",
+    "INT8_MODULES",
+]
+
+
+class Quantize(nn.Module):
+    """Float tensor to integer tensor.
+
+    Attributes:
+        qparams (QParams): output scale, zero point and dtype.
+
+    Arithmetic: q = clamp(round_half_even(float32(x) / scale) + zero_point,
+    qmin, qmax), cast to the dtype.
+
+    ONNX: ``QuantizeLinear(x, scale, zero_point)`` (zero point of the dtype).
+    """
+
+    def __init__(self, qparams: QParams) -> None:
+        super().__init__()
+        self.qparams = qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize(x, self.qparams)
+
+    def extra_repr(self) -> str:
+        return _repr_qparams("qparams", self.qparams)
+
+
+class Dequantize(nn.Module):
+    """Integer tensor to float32 tensor.
+
+    Attributes:
+        qparams (QParams): input scale, zero point and dtype.
+
+    Arithmetic: x = float32(q - zero_point) * scale.
+
+    ONNX: ``DequantizeLinear(q, scale, zero_point)``.
+    """
+
+    def __init__(self, qparams: QParams) -> None:
+        super().__init__()
+        self.qparams = qparams
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return dequantize(q, self.qparams)
+
+    def extra_repr(self) -> str:
+        return _repr_qparams("qparams", self.qparams)
+
+
+class _QuantWeighted(nn.Module):
+    """Shared state of the int8 modules with a weight: conv and linear.
+
+    Attributes:
+        weight (int8 tensor, buffer): [-127, 127], output channels on axis 0.
+        weight_scale (float32 tensor (out,), buffer): per output channel,
+            weight zero point 0. With per-tensor weights all values are equal.
+        bias (int32 tensor (out,), buffer): round(bias / bias_scale); zeros
+            when the float module had no bias.
+        bias_scale (float32 tensor (out,), buffer): float32(input_scale *
+            weight_scale), bias zero point 0.
+        multiplier (float64 tensor (out,), buffer): input_scale *
+            weight_scale / output_scale, in float64 from the float32 values.
+        input_qparams, output_qparams (QParams).
+        relu (bool): a fused ReLU, applied as a clamp at the output zero point.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool,
+        per_channel: bool,
+    ) -> None:
+        super().__init__()
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+        self.relu = relu
+
+        scales = weight_scales(weight, per_channel)
+        bias_scale = (torch.tensor(input_qparams.scale, dtype=torch.float32) * scales).to(torch.float32)
+        self.register_buffer("weight", quantize_weight(weight, scales))
+        self.register_buffer("weight_scale", scales)
+        self.register_buffer("bias", quantize_bias(bias, bias_scale))
+        self.register_buffer("bias_scale", bias_scale)
+        multiplier = input_qparams.scale * scales.to(torch.float64) / output_qparams.scale
+        self.register_buffer("multiplier", multiplier)
+
+        fan_in = self.weight[0].numel()
+        bound = accumulator_bound(fan_in, input_qparams, self.weight, self.bias)
+        if bound > INT32_MAX:
+            raise ValueError(
+                f"int32 accumulator may overflow: fan-in {fan_in} gives a bound of {bound} > {INT32_MAX}; "
+                "keep this layer in float with the `skip` param"
+            )
+
+    def _requantize(self, acc: torch.Tensor, channel_axis: int) -> torch.Tensor:
+        shape = [1] * acc.dim()
+        shape[channel_axis] = -1
+        acc = acc + self.bias.to(torch.float64).reshape(shape)
+        return saturate(acc * self.multiplier.reshape(shape), self.output_qparams, self.relu)
+
+
+class QuantConv2d(_QuantWeighted):
+    """Int8 2-d convolution with optional fused ReLU (groups, depthwise, dilation).
+
+    Attributes: those of the weighted modules (``weight`` of shape
+    (out, in / groups, kH, kW), ``weight_scale``, ``bias``, ``bias_scale``,
+    ``multiplier``, ``input_qparams``, ``output_qparams``, ``relu``) plus
+    ``stride``, ``padding``, ``dilation`` (tuples of two ints) and ``groups``
+    (int). Padding is zero padding in real values, that is the input zero
+    point in q values.
+
+    Arithmetic, per output channel c:
+        acc = sum((x - input_zero_point) * weight[c]) + bias[c]   (exact integers)
+        y = clamp(round_half_even(acc * multiplier[c]) + output_zero_point,
+                  output_zero_point if relu else qmin, qmax)
+
+    ONNX: DequantizeLinear(x) and DequantizeLinear(weight, weight_scale, 0,
+    axis=0) and DequantizeLinear(bias, bias_scale, 0, axis=0) -> Conv
+    [-> Relu] -> QuantizeLinear(output_qparams); onnxruntime fuses it into
+    QLinearConv.
+    """
+
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool = False,
+        per_channel: bool = True,
+    ) -> None:
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(
+                f"QuantConv2d supports numeric zero padding only, got padding={conv.padding!r} "
+                f"padding_mode={conv.padding_mode!r}"
+            )
+        super().__init__(conv.weight, conv.bias, input_qparams, output_qparams, relu, per_channel)
+        self.stride = tuple(conv.stride)
+        self.padding = tuple(conv.padding)
+        self.dilation = tuple(conv.dilation)
+        self.groups = int(conv.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = F.conv2d(
+            centered(x, self.input_qparams),
+            self.weight.to(torch.float64),
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
+        return self._requantize(acc, channel_axis=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{tuple(self.weight.shape)}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, groups={self.groups}, relu={self.relu}"
+        )
+
+
+class QuantLinear(_QuantWeighted):
+    """Int8 fully connected layer with optional fused ReLU.
+
+    Attributes: those of the weighted modules, ``weight`` of shape
+    (out_features, in_features). The input may have leading dimensions;
+    features are on the last axis.
+
+    Arithmetic, per output feature c:
+        acc = sum((x - input_zero_point) * weight[c]) + bias[c]   (exact integers)
+        y = clamp(round_half_even(acc * multiplier[c]) + output_zero_point,
+                  output_zero_point if relu else qmin, qmax)
+
+    ONNX: DequantizeLinear(x), DequantizeLinear(weight, axis=0),
+    DequantizeLinear(bias, bias_scale, 0, axis=0) -> Gemm(transB=1)
+    [-> Relu] -> QuantizeLinear(output_qparams); onnxruntime fuses it into
+    QGemm.
+    """
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        input_qparams: QParams,
+        output_qparams: QParams,
+        relu: bool = False,
+        per_channel: bool = True,
+    ) -> None:
+        super().__init__(linear.weight, linear.bias, input_qparams, output_qparams, relu, per_channel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = centered(x, self.input_qparams) @ self.weight.to(torch.float64).t()
+        return self._requantize(acc, channel_axis=acc.dim() - 1)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, relu={self.relu}"
+
+
+class QuantAdd(nn.Module):
+    """Elementwise sum of two quantized tensors (broadcasting), optional fused ReLU.
+
+    Attributes:
+        a_qparams, b_qparams (QParams): of the two inputs, in call order.
+        output_qparams (QParams).
+        relu (bool).
+
+    Arithmetic (float64):
+        real = a_scale * (a - a_zero_point) + b_scale * (b - b_zero_point)
+        y = clamp(round_half_even(real / output_scale) + output_zero_point,
+                  output_zero_point if relu else qmin, qmax)
+
+    ONNX: DequantizeLinear(a), DequantizeLinear(b) -> Add [-> Relu] ->
+    QuantizeLinear(output_qparams); onnxruntime fuses it into QLinearAdd.
+    """
+
+    def __init__(self, a_qparams: QParams, b_qparams: QParams, output_qparams: QParams, relu: bool = False) -> None:
+        super().__init__()
+        self.a_qparams = a_qparams
+        self.b_qparams = b_qparams
+        self.output_qparams = output_qparams
+        self.relu = relu
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        real = self.a_qparams.scale * centered(a, self.a_qparams) + self.b_qparams.scale * centered(b, self.b_qparams)
+        return saturate(real / self.output_qparams.scale, self.output_qparams, self.relu)
+
+    def extra_repr(self) -> str:
+        return f"relu={self.relu}, {_repr_qparams('output', self.output_qparams)}"
+
+
+class QuantReLU(nn.Module):
+    """ReLU of a quantized tensor that no preceding op could absorb.
+
+    Attributes:
+        input_qparams, output_qparams (QParams).
+
+    Arithmetic (float64):
+        real = max(input_scale * (x - input_zero_point), 0)
+        y = clamp(round_half_even(real / output_scale) + output_zero_point, qmin, qmax)
+    With equal input and output qparams this is max(x, zero_point).
+
+    ONNX: DequantizeLinear(x) -> Relu -> QuantizeLinear(output_qparams).
+    """
+
+    def __init__(self, input_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        real = torch.clamp_min(self.input_qparams.scale * centered(x, self.input_qparams), 0.0)
+        return saturate(real / self.output_qparams.scale, self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return _repr_qparams("output", self.output_qparams)
+
+
+class QuantMaxPool2d(nn.Module):
+    """2-d max pooling of a quantized tensor; qparams pass through.
+
+    Attributes:
+        kernel_size, stride, padding, dilation (tuples of two ints), ceil_mode (bool).
+        qparams (QParams): of the input and the output (equal).
+
+    Arithmetic: the maximum of the q values in each window (padding is never
+    selected). Exact, because max commutes with the monotonic dequantization.
+
+    ONNX: DequantizeLinear(x) -> MaxPool -> QuantizeLinear(qparams), or
+    MaxPool on the integer tensor (opset 12 or later).
+    """
+
+    def __init__(self, pool: nn.MaxPool2d, qparams: QParams) -> None:
+        super().__init__()
+        self.kernel_size = _pair(pool.kernel_size)
+        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = _pair(pool.padding)
+        self.dilation = _pair(pool.dilation)
+        self.ceil_mode = bool(pool.ceil_mode)
+        self.qparams = qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # q values up to 255 are exact in float32; max_pool2d has no integer kernel on CPU.
+        y = F.max_pool2d(x.to(torch.float32), self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class QuantAvgPool2d(nn.Module):
+    """2-d average pooling of a quantized tensor.
+
+    Attributes:
+        kernel_size, stride, padding (tuples of two ints), ceil_mode (bool),
+        count_include_pad (bool).
+        input_qparams, output_qparams (QParams).
+
+    Arithmetic (float64):
+        real = input_scale * avg_pool2d(x - input_zero_point)   (padding is real zero)
+        y = clamp(round_half_even(real / output_scale) + output_zero_point, qmin, qmax)
+
+    ONNX: DequantizeLinear(x) -> AveragePool -> QuantizeLinear(output_qparams).
+    """
+
+    def __init__(self, pool: nn.AvgPool2d, input_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        if pool.divisor_override is not None:
+            raise ValueError(f"QuantAvgPool2d does not support divisor_override={pool.divisor_override}")
+        self.kernel_size = _pair(pool.kernel_size)
+        self.stride = _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+        self.padding = _pair(pool.padding)
+        self.ceil_mode = bool(pool.ceil_mode)
+        self.count_include_pad = bool(pool.count_include_pad)
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = F.avg_pool2d(
+            centered(x, self.input_qparams),
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+        )
+        return saturate(mean * (self.input_qparams.scale / self.output_qparams.scale), self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class QuantAdaptiveAvgPool2d(nn.Module):
+    """Adaptive 2-d average pooling of a quantized tensor.
+
+    Attributes:
+        output_size (tuple of two ints).
+        input_qparams, output_qparams (QParams).
+
+    Arithmetic (float64):
+        real = input_scale * adaptive_avg_pool2d(x - input_zero_point)
+        y = clamp(round_half_even(real / output_scale) + output_zero_point, qmin, qmax)
+
+    ONNX: DequantizeLinear(x) -> GlobalAveragePool (output_size (1, 1)), or
+    AveragePool when the input size is a multiple of the output size ->
+    QuantizeLinear(output_qparams). onnxruntime fuses the global form into
+    QLinearGlobalAveragePool.
+    """
+
+    def __init__(self, output_size: tuple[int, int], input_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        self.output_size = _pair(output_size)
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = F.adaptive_avg_pool2d(centered(x, self.input_qparams), self.output_size)
+        return saturate(mean * (self.input_qparams.scale / self.output_qparams.scale), self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+INT8_MODULES: tuple[type[nn.Module], ...] = (
+    Quantize,
+    Dequantize,
+    QuantConv2d,
+    QuantLinear,
+    QuantAdd,
+    QuantReLU,
+    QuantMaxPool2d,
+    QuantAvgPool2d,
+    QuantAdaptiveAvgPool2d,
+)
+
+
+def _pair(value: int | tuple[int, ...] | list[int] | None) -> tuple[int, int]:
+    if value is None:
+        raise ValueError("expected an int or a pair of ints, got None")
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) == 1:
+        return (int(value[0]), int(value[0]))
+    return (int(value[0]), int(value[1]))
+
+
+def _repr_qparams(label: str, qparams: QParams) -> str:
+    return f"{label}=(scale={to_float32(qparams.scale):.6g}, zero_point={qparams.zero_point}, {qparams.dtype})"
