@@ -1,0 +1,77 @@
+"""YAML loading that remembers the line of every value.
+
+Validation errors must name the line of the offending value, which plain
+``yaml.safe_load`` forgets. :func:`load_with_lines` composes the node tree
+once and builds both the Python data and a map from each value's path (a
+tuple of keys and list indices) to its 1-based line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+Path_ = tuple[Any, ...]
+
+try:
+    _Loader: type = yaml.CSafeLoader
+except AttributeError:  # PyYAML built without libyaml
+    _Loader = yaml.SafeLoader
+
+
+def load_with_lines(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
+    """Parse ``text`` and return ``(data, lines)``.
+
+    Raises ConfigError with the file and line on a YAML syntax error or on a
+    duplicate mapping key (which plain PyYAML silently overwrites).
+    """
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{file}{line}: invalid YAML: {problem}; fix the syntax at that line") from exc
+
+    lines: dict[Path_, int] = {}
+    if node is None:
+        return None, lines
+    _record_lines(node, (), lines, file)
+    data = yaml.load(text, Loader=_Loader)
+    return data, lines
+
+
+def _record_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int], file: Path) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(
+                    f"{file}:{key_node.start_mark.line + 1}: duplicate key '{key}'; "
+                    "each key may appear once in a mapping"
+                )
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _record_lines(value_node, path + (key,), lines, file)
+            # A key's own line is more useful than its value's for scalars.
+            if isinstance(value_node, yaml.ScalarNode):
+                lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, path + (index,), lines, file)
+
+
+def line_of(lines: dict[Path_, int], path: Path_) -> int | None:
+    """Return the line of ``path`` or of its nearest ancestor that has one."""
+    path = tuple(path)
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return lines.get(())
