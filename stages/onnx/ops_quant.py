@@ -1,0 +1,191 @@
+"""QDQ mappings of the int8 modules in ``stages.quant.modules``.
+
+Each int8 module becomes DequantizeLinear on its integer inputs, the float
+op, and QuantizeLinear to its output qparams, so the module's fx node value
+(the integer tensor) is the QuantizeLinear output under the node's name.
+Weights are int8 per output channel (DequantizeLinear axis 0), biases int32
+at ``input_scale * weight_scale`` with zero point 0. onnxruntime fuses these
+patterns into QLinearConv, QGemm, QLinearAdd and QLinearGlobalAveragePool,
+and removes a Relu that is directly followed by a QuantizeLinear whose zero
+point is the minimum of its range.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx
+
+from stages.onnx.emitter import EmitError, OnnxGraph
+from stages.onnx.ops_conv import conv_attributes
+from stages.onnx.registry import register_module
+from stages.quant.arithmetic import QParams
+from stages.quant.modules import (
+    Dequantize,
+    QuantAdaptiveAvgPool2d,
+    QuantAdd,
+    QuantAvgPool2d,
+    QuantConv2d,
+    QuantLinear,
+    QuantMaxPool2d,
+    QuantReLU,
+    Quantize,
+)
+
+NUMPY_QDTYPES = {"uint8": np.uint8, "int8": np.int8}
+
+
+def _scale_and_zero_point(graph: OnnxGraph, name: str, qparams: QParams) -> list[str]:
+    scale = graph.add_constant(f"{name}_scale", qparams.scale, np.float32)
+    zero_point = graph.add_constant(f"{name}_zero_point", qparams.zero_point, NUMPY_QDTYPES[qparams.dtype])
+    return [scale, zero_point]
+
+
+def dequantize_input(graph: OnnxGraph, node: torch.fx.Node, arg: torch.fx.Node, qparams: QParams, label: str) -> str:
+    """Emit DequantizeLinear of an integer input and return the float tensor name."""
+    base = f"{node.name}/{label}"
+    output = graph.unique_name(f"{base}_dq")
+    inputs = [graph.tensor(arg)] + _scale_and_zero_point(graph, base, qparams)
+    graph.add_node("DequantizeLinear", inputs, [output], output)
+    return output
+
+
+def quantize_output(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams: QParams) -> None:
+    """Emit QuantizeLinear producing the fx node's integer value."""
+    inputs = [source] + _scale_and_zero_point(graph, f"{node.name}/output", qparams)
+    graph.emit("QuantizeLinear", node, inputs)
+
+
+def float_step(graph: OnnxGraph, node: torch.fx.Node, op_type: str, inputs: list[str], label: str, **attributes) -> str:
+    output = graph.unique_name(f"{node.name}/{label}")
+    graph.add_node(op_type, inputs, [output], output, **attributes)
+    return output
+
+
+def _per_channel_dequantize(
+    graph: OnnxGraph,
+    node: torch.fx.Node,
+    label: str,
+    values: torch.Tensor,
+    scales: torch.Tensor,
+    axis: int,
+) -> str:
+    """Emit an integer initializer and its per-channel DequantizeLinear (zero point 0)."""
+    array = values.detach().cpu().numpy()
+    quantized = graph.add_initializer(f"{node.name}.{label}_quantized", array)
+    scale = graph.add_initializer(f"{node.name}.{label}_scale", scales.detach().cpu().numpy().astype(np.float32))
+    zero_point = graph.add_initializer(f"{node.name}.{label}_zero_point", np.zeros(scales.shape, dtype=array.dtype))
+    output = graph.unique_name(f"{node.name}/{label}_dq")
+    graph.add_node("DequantizeLinear", [quantized, scale, zero_point], [output], output, axis=axis)
+    return output
+
+
+def _finish(graph: OnnxGraph, node: torch.fx.Node, result: str, relu: bool, output_qparams: QParams) -> None:
+    if relu:
+        result = float_step(graph, node, "Relu", [result], "relu")
+    quantize_output(graph, node, result, output_qparams)
+
+
+@register_module(Quantize)
+def emit_quantize(graph: OnnxGraph, node: torch.fx.Node, module: Quantize) -> None:
+    quantize_output(graph, node, graph.tensor(node.args[0]), module.qparams)
+
+
+@register_module(Dequantize)
+def emit_dequantize(graph: OnnxGraph, node: torch.fx.Node, module: Dequantize) -> None:
+    inputs = [graph.tensor(node.args[0])] + _scale_and_zero_point(graph, f"{node.name}/input", module.qparams)
+    graph.emit("DequantizeLinear", node, inputs)
+
+
+@register_module(QuantConv2d)
+def emit_quant_conv(graph: OnnxGraph, node: torch.fx.Node, module: QuantConv2d) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    weight = _per_channel_dequantize(graph, node, "weight", module.weight, module.weight_scale, axis=0)
+    bias = _per_channel_dequantize(graph, node, "bias", module.bias, module.bias_scale, axis=0)
+
+    kernel_size = tuple(module.weight.shape[2:])
+    attributes = conv_attributes(kernel_size, module.stride, module.padding, module.dilation, module.groups)
+    result = float_step(graph, node, "Conv", [source, weight, bias], "conv", **attributes)
+    _finish(graph, node, result, module.relu, module.output_qparams)
+
+
+@register_module(QuantLinear)
+def emit_quant_linear(graph: OnnxGraph, node: torch.fx.Node, module: QuantLinear) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    bias = _per_channel_dequantize(graph, node, "bias", module.bias, module.bias_scale, axis=0)
+
+    if len(graph.shape(node.args[0])) == 2:
+        weight = _per_channel_dequantize(graph, node, "weight", module.weight, module.weight_scale, axis=0)
+        result = float_step(graph, node, "Gemm", [source, weight, bias], "gemm", transB=1)
+    else:
+        # MatMul takes the weight as (in, out), so output channels are on axis 1.
+        weight = _per_channel_dequantize(graph, node, "weight", module.weight.t().contiguous(), module.weight_scale, axis=1)
+        product = float_step(graph, node, "MatMul", [source, weight], "matmul")
+        result = float_step(graph, node, "Add", [product, bias], "bias_add")
+    _finish(graph, node, result, module.relu, module.output_qparams)
+
+
+@register_module(QuantAdd)
+def emit_quant_add(graph: OnnxGraph, node: torch.fx.Node, module: QuantAdd) -> None:
+    left = dequantize_input(graph, node, node.args[0], module.a_qparams, "a")
+    right = dequantize_input(graph, node, node.args[1], module.b_qparams, "b")
+    result = float_step(graph, node, "Add", [left, right], "add")
+    _finish(graph, node, result, module.relu, module.output_qparams)
+
+
+@register_module(QuantReLU)
+def emit_quant_relu(graph: OnnxGraph, node: torch.fx.Node, module: QuantReLU) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    _finish(graph, node, source, True, module.output_qparams)
+
+
+@register_module(QuantMaxPool2d)
+def emit_quant_max_pool(graph: OnnxGraph, node: torch.fx.Node, module: QuantMaxPool2d) -> None:
+    # Max pooling of q values is exact, and ONNX MaxPool accepts uint8 and int8 from opset 12 on.
+    pads = list(module.padding) + list(module.padding)
+    graph.emit(
+        "MaxPool",
+        node,
+        [graph.tensor(node.args[0])],
+        kernel_shape=list(module.kernel_size),
+        strides=list(module.stride),
+        pads=pads,
+        dilations=list(module.dilation),
+        ceil_mode=int(module.ceil_mode),
+    )
+
+
+@register_module(QuantAvgPool2d)
+def emit_quant_avg_pool(graph: OnnxGraph, node: torch.fx.Node, module: QuantAvgPool2d) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    result = float_step(
+        graph,
+        node,
+        "AveragePool",
+        [source],
+        "pool",
+        kernel_shape=list(module.kernel_size),
+        strides=list(module.stride),
+        pads=list(module.padding) + list(module.padding),
+        ceil_mode=int(module.ceil_mode),
+        count_include_pad=int(module.count_include_pad),
+    )
+    quantize_output(graph, node, result, module.output_qparams)
+
+
+@register_module(QuantAdaptiveAvgPool2d)
+def emit_quant_adaptive_avg_pool(graph: OnnxGraph, node: torch.fx.Node, module: QuantAdaptiveAvgPool2d) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    spatial_in = graph.shape(node.args[0])[2:]
+    spatial_out = list(module.output_size)
+    if spatial_out == [1, 1]:
+        result = float_step(graph, node, "GlobalAveragePool", [source], "pool")
+    else:
+        if any(size_in % size_out for size_in, size_out in zip(spatial_in, spatial_out)):
+            raise EmitError(
+                f"ONNX export: node '{node.name}': adaptive pooling from {spatial_in} to {spatial_out} has uneven "
+                f"windows; only output sizes that divide the input size map to ONNX"
+            )
+        window = [size_in // size_out for size_in, size_out in zip(spatial_in, spatial_out)]
+        result = float_step(graph, node, "AveragePool", [source], "pool", kernel_shape=window, strides=window)
+    quantize_output(graph, node, result, module.output_qparams)

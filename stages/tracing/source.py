@@ -1,0 +1,138 @@
+"""Build the ``nn.Module`` that a pipeline's ``model`` section describes.
+
+Sources are ``torchvision:<name>`` (built by ``torchvision.models.get_model``
+with random weights, never downloaded) or ``module:callable``, where
+``module`` is imported from the pipeline file's folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.errors import StageError
+
+log = logging.getLogger(__name__)
+
+TORCHVISION_PREFIX = "torchvision"
+# Keys under which training scripts commonly nest a state_dict.
+STATE_DICT_KEYS = ("state_dict", "model")
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """Split ``module:callable`` into its two parts."""
+    module_name, _, attribute = source.partition(":")
+    return module_name, attribute
+
+
+def model_source_file(source: str, root: Path) -> Path | None:
+    """Return the user's Python file for a ``module:callable`` source.
+
+    Returns None for torchvision sources. Resolves ``pkg.mod`` to
+    ``root/pkg/mod.py`` or ``root/pkg/mod/__init__.py`` without importing it.
+    """
+    module_name, _ = split_source(source)
+    if module_name == TORCHVISION_PREFIX:
+        return None
+
+    base = root.joinpath(*module_name.split("."))
+    candidates = [base.with_suffix(".py"), base / "__init__.py"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise StageError(
+        f"model source '{source}': module file not found, expected {candidates[0]} or {candidates[1]}; "
+        f"put the module next to the pipeline file"
+    )
+
+
+def build_model(model_spec: Mapping[str, Any], root: Path) -> Any:
+    """Build the model of a ``model`` section in eval mode, with its checkpoint loaded."""
+    source = model_spec["source"]
+    kwargs = dict(model_spec.get("kwargs") or {})
+    module_name, attribute = split_source(source)
+
+    if module_name == TORCHVISION_PREFIX:
+        model = _build_torchvision(attribute, kwargs)
+    else:
+        model = _build_user_callable(source, root, kwargs)
+
+    checkpoint = model_spec.get("checkpoint")
+    if checkpoint:
+        _load_checkpoint(model, root / checkpoint)
+
+    model.eval()
+    return model
+
+
+def _build_torchvision(name: str, kwargs: dict[str, Any]) -> Any:
+    import torchvision
+
+    if "weights" in kwargs or "pretrained" in kwargs:
+        raise StageError(
+            f"model source 'torchvision:{name}': kwargs 'weights'/'pretrained' are not supported because "
+            f"nothing is downloaded at run time; pass a state_dict file as model.checkpoint instead"
+        )
+    try:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except ValueError as exc:
+        raise StageError(
+            f"model source 'torchvision:{name}': {exc}; see torchvision.models.list_models() for valid names"
+        ) from exc
+
+
+def _build_user_callable(source: str, root: Path, kwargs: dict[str, Any]) -> Any:
+    import torch
+
+    module_name, attribute = split_source(source)
+    model_source_file(source, root)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise StageError(f"model source '{source}': import of module '{module_name}' from {root} failed: {exc}") from exc
+
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise StageError(f"model source '{source}': module '{module_name}' has no attribute '{attribute}'")
+        target = getattr(target, part)
+
+    model = target(**kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise StageError(
+            f"model source '{source}': the callable returned {type(model).__name__}, expected a torch.nn.Module"
+        )
+    return model
+
+
+def _load_checkpoint(model: Any, path: Path) -> None:
+    import torch
+
+    if not path.is_file():
+        raise StageError(f"model checkpoint not found: {path}; model.checkpoint is relative to the pipeline file")
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or OSError here
+        raise StageError(f"model checkpoint {path} could not be read as a state_dict: {exc}") from exc
+
+    for key in STATE_DICT_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict):
+        raise StageError(f"model checkpoint {path} holds {type(state).__name__}, expected a state_dict")
+
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise StageError(
+            f"model checkpoint {path} does not match the model: {detail}; check model.source and model.kwargs"
+        ) from exc
+    log.info("loaded checkpoint %s", path)
