@@ -1,0 +1,37 @@
+"""Small pipeline files for engine tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+TINY_MODEL = '''
+import torch
+from torch import nn
+
+
+def build(width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 3))
+'''
+
+
+def write_pipeline(folder: Path, body: str, name: str = "p.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+HEADER = """
+version: 1
+name: tiny
+model:
+  source: tiny_model:build
+  input_shape: [1, 1, 8, 8]
+data:
+  rand:
+    source: random
+    kwargs: {shape: [1, 8, 8]}
+    limit: 16
+    batch_size: 8
+"""
