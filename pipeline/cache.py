@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.errors import CacheError
 from pipeline.hashing import canonical_json, folder_digest, sha256_file, tree_files
@@ -222,6 +222,25 @@ class Cache:
             if not alive or now - path.stat().st_mtime > max_age_s:
                 shutil.rmtree(path, ignore_errors=True)
 
+    # -- locks -------------------------------------------------------------------
+
+    def key_lock(self, key: str, on_wait: Callable[[str], None] | None = None) -> Any:
+        """Hold the lock of one stage key while computing it.
+
+        Another process computing the same key makes this wait; ``on_wait``
+        is called first with that process's id. The lock is an OS file lock
+        (``fcntl``), so the lock of a killed process is released by the
+        kernel and taken over at once.
+        """
+        return _KeyLock(self.root / "locks", key, on_wait)
+
+    def file_lock(self, name: str) -> Any:
+        """An inter-process lock named ``name`` (e.g. for the lock file of a pipeline)."""
+        from filelock import FileLock
+
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / "locks" / f"{name}.lock"))
+
     # -- history ---------------------------------------------------------------
 
     def append_history(self, pipeline_path: Path, entry: dict[str, Any]) -> None:
@@ -244,6 +263,39 @@ class Cache:
             except ValueError:
                 continue
         return None
+
+
+class _KeyLock:
+    def __init__(self, folder: Path, key: str, on_wait: Callable[[str], None] | None) -> None:
+        from filelock import FileLock
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.owner_file = folder / f"{key}.owner"
+        self.lock = FileLock(str(folder / f"{key}.lock"))
+        self.on_wait = on_wait
+
+    def __enter__(self) -> "_KeyLock":
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            try:
+                owner = self.owner_file.read_text().strip() or "another process"
+            except OSError:
+                owner = "another process"
+            log.info("cache: waiting for pid %s, which is computing the same stage", owner)
+            if self.on_wait is not None:
+                self.on_wait(owner)
+            self.lock.acquire()
+        try:
+            self.owner_file.write_text(f"{os.getpid()}\n")
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.lock.release()
 
 
 def canonical_digest(value: Any) -> str:

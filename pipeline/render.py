@@ -36,6 +36,9 @@ class PlainRenderer(Listener):
     def stage_started(self, outcome: Outcome) -> None:
         self._print(f"{outcome.name}: running ({outcome.kind}; {outcome.reason})")
 
+    def stage_waiting(self, outcome: Outcome) -> None:
+        self._print(f"{outcome.name}: {outcome.reason}")
+
     def stage_finished(self, outcome: Outcome) -> None:
         self._print(_finished_line(outcome))
 
@@ -105,6 +108,9 @@ class LiveRenderer(Listener):
 
     def stage_started(self, outcome: Outcome) -> None:
         self.started[outcome.name] = time.perf_counter()
+        self._refresh()
+
+    def stage_waiting(self, outcome: Outcome) -> None:
         self._refresh()
 
     def stage_finished(self, outcome: Outcome) -> None:

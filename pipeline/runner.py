@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,8 @@ class Listener:
     def plan(self, pipeline: Pipeline, outcomes: list[Outcome]) -> None: ...
 
     def stage_started(self, outcome: Outcome) -> None: ...
+
+    def stage_waiting(self, outcome: Outcome) -> None: ...
 
     def stage_finished(self, outcome: Outcome) -> None: ...
 
@@ -174,6 +177,7 @@ class _Run:
         self.old_lock = lock_module.read(pipeline.lock_path)
         self.new_lock = dict(self.old_lock)
         self.write_lock = not options.overrides and not options.dry_run
+        self.thread_lock = threading.RLock()
 
     # -- the loop --------------------------------------------------------------
 
@@ -183,8 +187,7 @@ class _Run:
         result = RunResult(self.pipeline.name, ordered)
         self.cache.clean_stale_workspaces()
         try:
-            for name in self.pipeline.order:
-                self._visit(self.pipeline.stage(name))
+            self._schedule()
         except KeyboardInterrupt:
             for outcome in ordered:
                 if outcome.status in ("waiting", "running"):
@@ -202,15 +205,44 @@ class _Run:
             result.error = f"stage '{first.name}' failed: {first.error}; after fixing it, resume with: {self._resume_command(first.name)}"
 
         if self.write_lock:
-            result.lock_written = lock_module.write(
-                self.pipeline.lock_path, self.pipeline.name, self.pipeline.order, self.new_lock
-            )
+            result.lock_written = self._write_lock()
         elif self.options.overrides:
             result.notes.append("lock file not updated: this run used --set overrides")
         if not self.options.dry_run:
             result.report = self._write_report()
             self._append_history(ordered)
         return result
+
+    def _schedule(self) -> None:
+        """Visit stages in dependency order, up to ``jobs`` at the same time."""
+        if self.options.jobs <= 1:
+            for name in self.pipeline.order:
+                self._visit(self.pipeline.stage(name))
+            return
+
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        pending = list(self.pipeline.order)
+        running: dict[Any, str] = {}
+        pool = ThreadPoolExecutor(max_workers=self.options.jobs, thread_name_prefix="stage")
+        try:
+            while pending or running:
+                for name in list(pending):
+                    if len(running) >= self.options.jobs:
+                        break
+                    spec = self.pipeline.stage(name)
+                    upstream = set(spec.needs) | set(_producers(spec))
+                    if all(self.outcomes[up].status not in ("waiting", "running") for up in upstream):
+                        pending.remove(name)
+                        running[pool.submit(self._visit, spec)] = name
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    future.result()
+        finally:
+            # On Ctrl-C, running stages are abandoned: their workspaces are
+            # removed by the next run, and nothing of theirs was recorded.
+            pool.shutdown(wait=not pending and not running, cancel_futures=True)
 
     def _visit(self, spec: StageSpec) -> None:
         outcome = self.outcomes[spec.name]
@@ -242,7 +274,17 @@ class _Run:
             outcome.status = WOULD_RUN
             self.listener.stage_finished(outcome)
             return
-        self._run_stage(spec, outcome, parts)
+
+        def waiting(owner: str) -> None:
+            outcome.reason = f"waiting for pid {owner}, which is computing it"
+            self.listener.stage_waiting(outcome)
+
+        with self.cache.key_lock(outcome.key, on_wait=waiting):
+            record = None if forced else self._lookup(outcome.key)
+            if record is not None:
+                self._finish_cached(spec, outcome, record)
+                return
+            self._run_stage(spec, outcome, parts)
 
     def _blocking_input(self, spec: StageSpec) -> str | None:
         for producer in _producers(spec):
@@ -309,7 +351,15 @@ class _Run:
         outcome.published = self._publish(record, force=outcome.status == RAN)
         if self.write_lock:
             self.new_lock[spec.name] = lock_module.entry(spec.kind, record.key, record.outputs, record.metrics)
-            lock_module.write(self.pipeline.lock_path, self.pipeline.name, self.pipeline.order, self.new_lock)
+            self._write_lock()
+
+    def _write_lock(self) -> bool:
+        """Write the lock file; one process and one thread at a time."""
+        from pipeline.cache import canonical_digest
+
+        name = f"lockfile-{canonical_digest(str(self.pipeline.lock_path))[:16]}"
+        with self.thread_lock, self.cache.file_lock(name):
+            return lock_module.write(self.pipeline.lock_path, self.pipeline.name, self.pipeline.order, self.new_lock)
 
     def _run_stage(self, spec: StageSpec, outcome: Outcome, parts: dict[str, Any]) -> None:
         stage = self.stages[spec.name]
