@@ -223,13 +223,82 @@ def show(pipeline_file: Path, as_json: bool, cache_dir: Path | None, verbose: in
 
 
 @main.command()
-def stages() -> None:
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("rev_a", required=False)
+@click.argument("rev_b", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_common
+def diff(pipeline_file: Path, rev_a: str | None, rev_b: str | None, as_json: bool, verbose: int, quiet: bool) -> None:
+    """Compare the lock file's metrics and keys between git revisions.
+
+    No revision: HEAD against the working tree. One: REV_A against the
+    working tree. Two: REV_A against REV_B.
+    """
+    _setup_logging(verbose, quiet)
+    from pipeline.diff import diff_lines, pipeline_diff
+
+    with _guard(as_json, lambda: {"stages": []}):
+        data = pipeline_diff(pipeline_file, rev_a, rev_b)
+    if as_json:
+        _emit_json(data)
+        return
+    for line in diff_lines(data):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("folder", required=False, default=".", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help="Cache folder (default: FOLDER/.pipe, or $PIPE_CACHE_DIR).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_common
+def gc(folder: Path, cache_dir: Path | None, dry_run: bool, as_json: bool, verbose: int, quiet: bool) -> None:
+    """Remove cache entries that no lock file under FOLDER references."""
+    _setup_logging(verbose, quiet)
+    from pipeline.gc import collect
+    from pipeline.runner import cache_for
+
+    with _guard(as_json):
+        cache = cache_for(folder.resolve() / "pipeline.yaml", cache_dir)
+        data = collect(cache, folder.resolve(), dry_run)
+    if as_json:
+        _emit_json(data)
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(data['removed_records'])} records and {len(data['removed_artifacts'])} artifacts "
+        f"({data['freed_bytes'] / 1e6:.1f} MB) from {data['cache']}; kept what {len(data['lock_files'])} lock files reference"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def stages(as_json: bool) -> None:
     """List the stage kinds with their params and defaults."""
     from pipeline.schema import load_schema, stage_schema_path
     from stages import KINDS
 
+    kinds = {}
     for kind in KINDS:
-        schema = load_schema(stage_schema_path(kind))
+        path = stage_schema_path(kind)
+        kinds[kind] = load_schema(path) if path.exists() else {}
+    if as_json:
+        _emit_json({
+            "kinds": [
+                {
+                    "kind": kind,
+                    "description": schema.get("description", ""),
+                    "params": {
+                        name: {key: spec[key] for key in ("default", "description", "type", "enum") if key in spec}
+                        for name, spec in schema.get("properties", {}).items()
+                    },
+                    "required": schema.get("required", []),
+                }
+                for kind, schema in kinds.items()
+            ]
+        })
+        return
+    for kind, schema in kinds.items():
         click.echo(f"{kind}: {schema.get('description', '')}")
         required = set(schema.get("required", []))
         for name, spec in schema.get("properties", {}).items():
