@@ -102,7 +102,7 @@ class OnnxGraph:
 
     def add_initializer(self, name: str, array: np.ndarray) -> str:
         unique = self.unique_name(name)
-        self.initializers.append(onnx.numpy_helper.from_array(np.ascontiguousarray(array), unique))
+        self.initializers.append(onnx.numpy_helper.from_array(np.asarray(array, order="C"), unique))
         return unique
 
     def add_tensor_initializer(self, name: str, tensor: torch.Tensor) -> str:

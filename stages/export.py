@@ -1,0 +1,79 @@
+"""The ``export`` stage: write the model in a deployable format and check parity.
+
+``format: onnx`` runs our fx-to-ONNX emitter and compares onnxruntime with
+the PyTorch model (the fp32 model for ``precision: fp32``, the int8 model
+for ``precision: int8``). Caffe export is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.contract import Input, Output, Stage, StageContext, StageResult
+from pipeline.errors import StageError
+
+
+class Export(Stage):
+    kind = "export"
+    version = 1
+    sources = ("export.py", "onnx")
+
+    def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
+        artifact = "int8_model" if params.get("precision") == "int8" else "fp32_model"
+        return (Input("model", artifact),)
+
+    def outputs(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
+        return (Output("export", "export"),)
+
+    def packages(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        return ("torch", "onnx", "onnxruntime")
+
+    def config(self, params: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
+        if params.get("data"):
+            return {"data": pipeline["data"][params["data"]]}
+        return {}
+
+    def files(self, params: Mapping[str, Any], pipeline: Mapping[str, Any], root: Path) -> list[Path]:
+        if not params.get("data"):
+            return []
+        from stages.data.loader import dataset_files
+
+        return dataset_files(pipeline["data"][params["data"]], root, params["data"])
+
+    def run(self, ctx: StageContext) -> StageResult:
+        params = ctx.params
+        if params["format"] == "caffe":
+            raise StageError(
+                f"stage '{ctx.stage_name}': Caffe export is not available yet; use format: onnx"
+            )
+
+        from stages.onnx.exporter import CONTRACT_FILE, MODEL_FILE, ExportRequest, export_onnx
+
+        file_name = params.get("file_name") or ctx.stage_name
+        published = ctx.output_dir / f"{file_name}.onnx"
+        request = ExportRequest(
+            stage_name=ctx.stage_name,
+            model_dir=Path(ctx.inputs["model"]),
+            output_dir=ctx.outputs["export"],
+            root=ctx.root,
+            precision=params["precision"],
+            opset=params["opset"],
+            dynamic_batch=params["dynamic_batch"],
+            samples=params["samples"],
+            max_rel_diff=params["max_rel_diff"],
+            min_within_one_step_pct=params["min_within_one_step_pct"],
+            published_path=Path(os.path.relpath(published, ctx.root)).as_posix(),
+            dataset_name=params.get("data"),
+            dataset_spec=ctx.config.get("data"),
+        )
+        metrics, message = export_onnx(request)
+        return StageResult(
+            metrics=metrics,
+            publish={
+                f"{file_name}.onnx": f"export/{MODEL_FILE}",
+                f"{file_name}.json": f"export/{CONTRACT_FILE}",
+            },
+            message=message,
+        )
