@@ -25,7 +25,7 @@ from pipeline import lock as lock_module
 from pipeline.cache import Cache, Record, write_atomic
 from pipeline.config import Pipeline, StageSpec
 from pipeline.contract import StageContext, StageResult
-from pipeline.errors import ConfigError, PipeError, StageFailed
+from pipeline.errors import CacheError, PipeError, StageFailed
 from pipeline.hashing import FileDigests
 from pipeline.keys import explain_change, key_from_parts, key_parts
 
@@ -187,7 +187,15 @@ class _Run:
         result = RunResult(self.pipeline.name, ordered)
         self.cache.clean_stale_workspaces()
         try:
-            self._schedule()
+            for attempt in range(MAX_RESTARTS + 1):
+                try:
+                    self._schedule()
+                    break
+                except _CorruptInput as exc:
+                    if attempt == MAX_RESTARTS:
+                        raise CacheError(f"{self.cache.root}: artifacts keep failing their digest check ({exc}); check the disk") from exc
+                    log.warning("cache: %s; recomputing it", exc)
+                    self._reset(ordered)
         except KeyboardInterrupt:
             for outcome in ordered:
                 if outcome.status in ("waiting", "running"):
@@ -212,6 +220,14 @@ class _Run:
             result.report = self._write_report()
             self._append_history(ordered)
         return result
+
+    def _reset(self, ordered: list[Outcome]) -> None:
+        """Forget this run's outcomes before starting over after a corrupt input."""
+        for outcome in ordered:
+            fresh = Outcome(outcome.name, outcome.kind)
+            outcome.__dict__.update(fresh.__dict__)
+        self.records.clear()
+        self.listener.plan(self.pipeline, ordered)
 
     def _schedule(self) -> None:
         """Visit stages in dependency order, up to ``jobs`` at the same time."""
@@ -239,10 +255,13 @@ class _Run:
                 for future in done:
                     running.pop(future)
                     future.result()
+        except KeyboardInterrupt:
+            # Running stages are abandoned: nothing of theirs is recorded,
+            # and the next run removes their workspaces.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         finally:
-            # On Ctrl-C, running stages are abandoned: their workspaces are
-            # removed by the next run, and nothing of theirs was recorded.
-            pool.shutdown(wait=not pending and not running, cancel_futures=True)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _visit(self, spec: StageSpec) -> None:
         outcome = self.outcomes[spec.name]
@@ -364,10 +383,6 @@ class _Run:
     def _run_stage(self, spec: StageSpec, outcome: Outcome, parts: dict[str, Any]) -> None:
         stage = self.stages[spec.name]
         inputs = self._input_folders(spec)
-        if inputs is None:
-            outcome.status, outcome.reason = SKIPPED, "an input artifact in the cache was corrupt; run again to recompute it"
-            self.listener.stage_finished(outcome)
-            return
 
         workspace = self.cache.new_workspace()
         outputs = {}
@@ -446,8 +461,12 @@ class _Run:
         log.info("%s: failed: %s", outcome.name, message)
         self.listener.stage_finished(outcome)
 
-    def _input_folders(self, spec: StageSpec) -> dict[str, Path | list[Path]] | None:
-        """Return verified input folders, or None if one is corrupt (it is then discarded)."""
+    def _input_folders(self, spec: StageSpec) -> dict[str, Path | list[Path]]:
+        """Return the input folders after a full digest check of each.
+
+        A corrupt input is discarded with the records that name it, and the
+        run starts over, so the stage that produced it runs again.
+        """
         folders: dict[str, Path | list[Path]] = {}
         digests = self._input_digests(spec)
         for name, value in digests.items():
@@ -455,7 +474,7 @@ class _Run:
             for digest in values:
                 if not self.cache.check_artifact(digest, quick=False):
                     self.cache.discard_artifact(digest)
-                    return None
+                    raise _CorruptInput(f"input '{name}' of stage '{spec.name}' (artifact {digest[:12]}) is corrupt")
             paths = [self.cache.artifact_files(digest) for digest in values]
             folders[name] = paths if isinstance(value, list) else paths[0]
         return folders
@@ -531,6 +550,13 @@ class _Run:
             for param, value in params.items():
                 command += f" --set {name}.{param}={value}"
         return command
+
+
+MAX_RESTARTS = 3
+
+
+class _CorruptInput(Exception):
+    """An input artifact failed its digest check; the run starts over."""
 
 
 def _producers(spec: StageSpec) -> list[str]:
