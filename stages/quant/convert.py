@@ -93,6 +93,8 @@ class _Converter:
         # observer node name -> (qparams, name of the observed node).
         self.pending: dict[str, tuple[QParams, str]] = {}
         self.value_names: dict[str, str] = {}
+        # Observer node name -> observed node name, for naming Quantize and Dequantize nodes.
+        self.labels: dict[str, str] = {}
         self.qparams: dict[str, dict[str, Any]] = {}
 
     def run(self) -> tuple[fx.GraphModule, ConvertSummary]:
@@ -129,6 +131,7 @@ class _Converter:
 
     def _convert_observer(self, node: fx.Node) -> None:
         source = node.args[0].name
+        self.labels[node.name] = source
         if source in self.int_values:
             self.int_values[node.name] = self.int_values[source]
             return
@@ -229,10 +232,11 @@ class _Converter:
         if name in self.float_values:
             return self.float_values[name]
         int_node, qparams = self.int_values[name]
-        target = _unique(f"dequantize_{name}", self.taken_targets)
+        label = self.labels.get(name, name)
+        target = _unique(f"dequantize_{label}", self.taken_targets)
         self.taken_targets.add(target)
         self.root[target] = Dequantize(qparams)
-        new = self.graph.create_node("call_module", target, (int_node,), {}, name=f"{name}_dequantize")
+        new = self.graph.create_node("call_module", target, (int_node,), {}, name=f"{label}_dequantize")
         if name in self.source_names:
             self.value_names[new.name] = self.source_names[name]
         self.float_values[name] = new
