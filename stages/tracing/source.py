@@ -88,9 +88,7 @@ def _build_user_callable(source: str, root: Path, kwargs: dict[str, Any]) -> Any
     import torch
 
     module_name, attribute = split_source(source)
-    model_source_file(source, root)
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    _prepare_import(module_name, model_source_file(source, root), root)
 
     try:
         target: Any = importlib.import_module(module_name)
@@ -108,6 +106,25 @@ def _build_user_callable(source: str, root: Path, kwargs: dict[str, Any]) -> Any
             f"model source '{source}': the callable returned {type(model).__name__}, expected a torch.nn.Module"
         )
     return model
+
+
+def _prepare_import(module_name: str, source_file: Path | None, root: Path) -> None:
+    """Put ``root`` first on sys.path and drop a same-named module imported from elsewhere.
+
+    NOTE: a module already imported from ``source_file`` is reused, so edits
+    to it within one process are not seen.
+    """
+    root_entry = str(root)
+    if root_entry in sys.path:
+        sys.path.remove(root_entry)
+    sys.path.insert(0, root_entry)
+
+    loaded = sys.modules.get(module_name)
+    loaded_file = getattr(loaded, "__file__", None)
+    if loaded is not None and source_file is not None and (loaded_file is None or Path(loaded_file).resolve() != source_file.resolve()):
+        log.debug("re-importing %s from %s instead of %s", module_name, source_file, loaded_file)
+        del sys.modules[module_name]
+        importlib.invalidate_caches()
 
 
 def _load_checkpoint(model: Any, path: Path) -> None:
