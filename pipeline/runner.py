@@ -339,6 +339,7 @@ class _Run:
             return None
         for digest in record.outputs.values():
             if not self.cache.check_artifact(digest, quick=True):
+                self.cache.discard_artifact(digest)
                 return None
         return record
 

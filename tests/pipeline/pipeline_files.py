@@ -35,3 +35,28 @@ data:
     limit: 16
     batch_size: 8
 """
+
+# A model whose construction can be made slow through an environment
+# variable, so a test can kill `pipe run` while the trace stage runs. The
+# variable is not part of the cache key.
+SLOW_MODEL = '''
+import os
+import time
+from pathlib import Path
+
+from torch import nn
+
+
+def build(width=4):
+    marker = os.environ.get("PIPE_TEST_STARTED")
+    if marker:
+        Path(marker).write_text("started")
+    time.sleep(float(os.environ.get("PIPE_TEST_SLEEP", "0")))
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Flatten())
+'''
+
+TRACE_ONLY = HEADER + """
+stages:
+  - name: trace
+    kind: trace
+"""
