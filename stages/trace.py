@@ -14,6 +14,8 @@ from pipeline.errors import StageError, StageFailed
 
 # Seed of the random example input that checks the trace.
 CHECK_SEED = 0
+# Seed of the model's random initialization.
+INIT_SEED = 0
 
 
 class Trace(Stage):
@@ -47,8 +49,13 @@ class Trace(Stage):
         from stages.tracing.source import build_model
         from stages.tracing.tracer import TraceFailure, trace_model
 
+        import torch
+
         model_spec = ctx.config["model"]
         input_shape = list(model_spec["input_shape"])
+        # Weights a checkpoint does not cover come from the model's random
+        # initialization: seed it, so that the artifact's digest reproduces.
+        torch.manual_seed(INIT_SEED)
         model = build_model(model_spec, ctx.root)
 
         try:
