@@ -1,0 +1,134 @@
+"""Int8 modules against onnxruntime running the QDQ pattern each docstring names.
+
+onnxruntime fuses DequantizeLinear -> Conv/Gemm/Add -> QuantizeLinear into
+QLinearConv, QGemm and QLinearAdd; the modules must predict its integer
+outputs to within one step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from stages.quant.arithmetic import QParams
+from stages.quant.modules import QuantAdd, QuantConv2d, QuantLinear
+
+ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8}
+
+
+def _qparam_initializers(prefix: str, qparams: QParams) -> list[onnx.TensorProto]:
+    return [
+        numpy_helper.from_array(np.array(qparams.scale, dtype=np.float32), f"{prefix}_scale"),
+        numpy_helper.from_array(np.array(qparams.zero_point, dtype=NUMPY_TYPES[qparams.dtype]), f"{prefix}_zero_point"),
+    ]
+
+
+def _weight_initializers(module: QuantConv2d | QuantLinear) -> list[onnx.TensorProto]:
+    out_channels = module.weight.shape[0]
+    return [
+        numpy_helper.from_array(module.weight.numpy(), "w"),
+        numpy_helper.from_array(module.weight_scale.numpy(), "w_scale"),
+        numpy_helper.from_array(np.zeros(out_channels, dtype=np.int8), "w_zero_point"),
+        numpy_helper.from_array(module.bias.numpy(), "b"),
+        numpy_helper.from_array(module.bias_scale.numpy(), "b_scale"),
+        numpy_helper.from_array(np.zeros(out_channels, dtype=np.int32), "b_zero_point"),
+    ]
+
+
+def _run(nodes: list, initializers: list, inputs: dict[str, np.ndarray], output: torch.Tensor) -> np.ndarray:
+    graph_inputs = [
+        helper.make_tensor_value_info(name, ONNX_TYPES[str(value.dtype)], list(value.shape)) for name, value in inputs.items()
+    ]
+    graph = helper.make_graph(
+        nodes, "qdq", graph_inputs, [helper.make_tensor_value_info("y", ONNX_TYPES[str(output.numpy().dtype)], list(output.shape))], initializers
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], inputs)[0]
+
+
+def _weighted_nodes(op: str, relu: bool, attributes: dict) -> list:
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_float"]),
+        helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero_point"], ["w_float"], axis=0),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero_point"], ["b_float"], axis=0),
+        helper.make_node(op, ["x_float", "w_float", "b_float"], ["acc"], **attributes),
+    ]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["acc"], ["acc_relu"]))
+    nodes.append(helper.make_node("QuantizeLinear", ["acc_relu" if relu else "acc", "y_scale", "y_zero_point"], ["y"]))
+    return nodes
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("groups,dilation,relu", [(1, 1, False), (1, 2, True), (4, 1, True), (8, 1, False)])
+def test_conv_predicts_onnxruntime(dtype: str, groups: int, dilation: int, relu: bool) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16 if groups != 8 else 8, 3, stride=1, padding=1, dilation=dilation, groups=groups)
+    zero_point = 121 if dtype == "uint8" else 0
+    input_qparams = QParams(float(np.float32(0.023)), zero_point, dtype)
+    output_qparams = QParams(float(np.float32(0.041)), 98 if dtype == "uint8" else 0, dtype)
+    module = QuantConv2d(conv, input_qparams, output_qparams, relu=relu)
+    x = torch.randint(input_qparams.qmin, input_qparams.qmax + 1, (2, 8, 10, 10)).to(input_qparams.torch_dtype)
+
+    nodes = _weighted_nodes(
+        "Conv", relu, {"pads": [1, 1, 1, 1], "strides": [1, 1], "dilations": [dilation] * 2, "group": groups, "kernel_shape": [3, 3]}
+    )
+    initializers = _qparam_initializers("x", input_qparams) + _qparam_initializers("y", output_qparams) + _weight_initializers(module)
+    actual_tensor = module(x)
+    expected = _run(nodes, initializers, {"x": x.numpy()}, actual_tensor).astype(np.int64)
+
+    actual = actual_tensor.numpy().astype(np.int64)
+    assert np.abs(actual - expected).max() <= 1
+    assert np.mean(actual == expected) > 0.99
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_linear_predicts_onnxruntime(relu: bool) -> None:
+    torch.manual_seed(1)
+    linear = nn.Linear(64, 10)
+    input_qparams = QParams(float(np.float32(0.02)), 130, "uint8")
+    output_qparams = QParams(float(np.float32(0.05)), 120, "uint8")
+    module = QuantLinear(linear, input_qparams, output_qparams, relu=relu)
+    x = torch.randint(0, 256, (16, 64)).to(torch.uint8)
+
+    nodes = _weighted_nodes("Gemm", relu, {"transB": 1})
+    initializers = _qparam_initializers("x", input_qparams) + _qparam_initializers("y", output_qparams) + _weight_initializers(module)
+    actual = module(x)
+    expected = _run(nodes, initializers, {"x": x.numpy()}, actual).astype(np.int64)
+
+    assert np.abs(actual.numpy().astype(np.int64) - expected).max() <= 1
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_predicts_onnxruntime(relu: bool) -> None:
+    a_qparams = QParams(float(np.float32(0.021)), 140, "uint8")
+    b_qparams = QParams(float(np.float32(0.034)), 70, "uint8")
+    output_qparams = QParams(float(np.float32(0.047)), 100, "uint8")
+    module = QuantAdd(a_qparams, b_qparams, output_qparams, relu=relu)
+    generator = torch.Generator().manual_seed(2)
+    a = torch.randint(0, 256, (2, 4, 8, 8), generator=generator).to(torch.uint8)
+    b = torch.randint(0, 256, (2, 4, 8, 8), generator=generator).to(torch.uint8)
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "a_scale", "a_zero_point"], ["a_float"]),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero_point"], ["b_float"]),
+        helper.make_node("Add", ["a_float", "b_float"], ["sum"]),
+    ]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["sum"], ["sum_relu"]))
+    nodes.append(helper.make_node("QuantizeLinear", ["sum_relu" if relu else "sum", "y_scale", "y_zero_point"], ["y"]))
+    initializers = (
+        _qparam_initializers("a", a_qparams) + _qparam_initializers("b", b_qparams) + _qparam_initializers("y", output_qparams)
+    )
+    actual = module(a, b)
+    expected = _run(nodes, initializers, {"a": a.numpy(), "b": b.numpy()}, actual).astype(np.int64)
+
+    assert np.abs(actual.numpy().astype(np.int64) - expected).max() <= 1
