@@ -59,6 +59,15 @@ def entry(kind: str, key: str, outputs: dict[str, str], metrics: dict[str, Any])
     }
 
 
+def differs(path: Path, pipeline_name: str, order: list[str], stages: dict[str, Any]) -> bool:
+    """Return whether writing these stages would change the lock file."""
+    ordered = {name: stages[name] for name in order if name in stages}
+    try:
+        return path.read_text() != render(pipeline_name, ordered)
+    except OSError:
+        return True
+
+
 def write(path: Path, pipeline_name: str, order: list[str], stages: dict[str, Any]) -> bool:
     """Write the lock if its content changed; return whether it was written."""
     ordered = {name: stages[name] for name in order if name in stages}

@@ -169,11 +169,12 @@ def summary_lines(result: RunResult) -> list[str]:
                 f"speed ({outcome.name}): onnxruntime fp32 {fp32:.3f} ms, int8 {int8:.3f} ms, "
                 f"speed-up {fp32 / int8:.2f}x on {measurements.get('cpu', 'this CPU')}"
             )
+    from pipeline.config import display_path
+
     exports = [o.metrics["path"] for o in result.outcomes if o.status in ("ran", "cached") and "path" in o.metrics]
     if exports:
-        lines.append("exports: " + ", ".join(exports))
+        shown = [display_path(result.root / path) if result.root else path for path in exports]
+        lines.append("exports: " + ", ".join(shown))
     if result.report:
-        from pipeline.config import display_path
-
         lines.append(f"report: {display_path(result.report)}")
     return lines

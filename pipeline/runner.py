@@ -102,6 +102,7 @@ class RunResult:
     lock_written: bool = False
     notes: list[str] = field(default_factory=list)
     report: str | None = None
+    root: Path | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -184,7 +185,7 @@ class _Run:
     def execute(self) -> RunResult:
         ordered = [self.outcomes[name] for name in self.pipeline.order]
         self.listener.plan(self.pipeline, ordered)
-        result = RunResult(self.pipeline.name, ordered)
+        result = RunResult(self.pipeline.name, ordered, root=self.pipeline.root)
         self.cache.clean_stale_workspaces()
         try:
             for attempt in range(MAX_RESTARTS + 1):
@@ -377,9 +378,12 @@ class _Run:
         """Write the lock file; one process and one thread at a time."""
         from pipeline.cache import canonical_digest
 
-        name = f"lockfile-{canonical_digest(str(self.pipeline.lock_path))[:16]}"
-        with self.thread_lock, self.cache.file_lock(name):
-            return lock_module.write(self.pipeline.lock_path, self.pipeline.name, self.pipeline.order, self.new_lock)
+        with self.thread_lock:
+            if not lock_module.differs(self.pipeline.lock_path, self.pipeline.name, self.pipeline.order, self.new_lock):
+                return False
+            name = f"lockfile-{canonical_digest(str(self.pipeline.lock_path))[:16]}"
+            with self.cache.file_lock(name):
+                return lock_module.write(self.pipeline.lock_path, self.pipeline.name, self.pipeline.order, self.new_lock)
 
     def _run_stage(self, spec: StageSpec, outcome: Outcome, parts: dict[str, Any]) -> None:
         stage = self.stages[spec.name]
