@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import fx, nn
+
+from pipeline.contract import StageContext
+from pipeline.errors import StageError
+from pipeline.schema import fill_defaults, load_schema, stage_schema_path
+from stages import load_stage
+from stages.artifacts import save_model
+
+
+class Small(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 36, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.sigmoid(self.relu(self.bn(self.conv(x)))), 1))
+
+
+def _context(tmp_path: Path, params: dict[str, Any]) -> StageContext:
+    fp32 = tmp_path / "fp32_model"
+    fp32.mkdir()
+    torch.manual_seed(0)
+    save_model(fx.symbolic_trace(Small().eval()), fp32, {"input_shape": [1, 1, 6, 6]})
+    (tmp_path / "qconfig").mkdir()
+    return StageContext(
+        stage_name="qconfig",
+        kind="prepare-qconfig",
+        params=fill_defaults(load_schema(stage_schema_path("prepare-qconfig")), params),
+        config={},
+        inputs={"fp32_model": fp32},
+        outputs={"qconfig": tmp_path / "qconfig"},
+        root=tmp_path,
+        output_dir=tmp_path / "out",
+    )
+
+
+def test_prepare_qconfig_defaults(tmp_path: Path) -> None:
+    result = load_stage("prepare-qconfig").run(_context(tmp_path, {}))
+    qconfig = json.loads((tmp_path / "qconfig" / "qconfig.json").read_text())
+
+    assert qconfig["activation"] == {"observer": "minmax", "dtype": "uint8"}
+    assert qconfig["weight"] == {"observer": "minmax", "dtype": "int8", "per_channel": True}
+    conv = qconfig["nodes"]["conv"]
+    assert conv["op_type"] == "Conv2d" and conv["target"] == "conv" and conv["pattern"] == "conv"
+    assert conv["quantize"] is True and conv["weight"]["per_channel"] is True
+    assert qconfig["nodes"]["sigmoid"]["pattern"] == "float"
+    assert qconfig["nodes"]["sigmoid"]["quantize"] is False
+    assert qconfig["nodes"]["flatten"]["op_type"] == "flatten"
+    assert result.metrics == {"quantized_nodes": 6, "skipped_nodes": 0, "float_nodes": 1}
+    assert "6 nodes to quantize" in result.message
+
+
+def test_prepare_qconfig_records_params_and_skip(tmp_path: Path) -> None:
+    params = {"activation_observer": "percentile", "percentile": 99.9, "activation_dtype": "int8", "skip": ["fc"]}
+    result = load_stage("prepare-qconfig").run(_context(tmp_path, params))
+    qconfig = json.loads((tmp_path / "qconfig" / "qconfig.json").read_text())
+
+    assert qconfig["activation"] == {"observer": "percentile", "dtype": "int8", "percentile": 99.9}
+    assert qconfig["nodes"]["conv"]["activation"]["percentile"] == 99.9
+    assert qconfig["nodes"]["fc"]["skipped"] is True
+    assert qconfig["nodes"]["fc"]["quantize"] is False
+    assert result.metrics["skipped_nodes"] == 1
+
+
+def test_prepare_qconfig_rejects_unknown_skip(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="stage 'qconfig'.*'layer4'"):
+        load_stage("prepare-qconfig").run(_context(tmp_path, {"skip": ["layer4"]}))
