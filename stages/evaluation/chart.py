@@ -38,7 +38,7 @@ def draw_sqnr_chart(nodes: list[NodeComparison], path: Path, title: str) -> None
     axes.axhline(LOW_SQNR_DB, color="tab:red", linewidth=0.8, linestyle="--")
     axes.set_ylabel("SQNR (dB), higher is better")
 
-    suffix = f"\n{exact} nodes with infinite SQNR not shown" if exact else ""
+    suffix = f"\nnot shown: {exact} with infinite SQNR" if exact else ""
     axes.set_title(f"{title}{suffix}", fontsize=9)
     figure.tight_layout()
     # No Software/date metadata, so equal charts give equal bytes.

@@ -53,18 +53,24 @@ class Comparison:
 def node_pairs(fp32_model: torch.fx.GraphModule, int8_model: torch.fx.GraphModule) -> list[NodeComparison]:
     """Match int8 nodes to fp32 nodes through ``int8_model.value_names``.
 
-    Each fp32 node is compared once, with the first int8 node in graph order
-    that computes its value. The list follows the fp32 graph's order.
+    Each fp32 node is compared once, with one int8 node that computes its
+    value: the first quantized one (named in ``qparams``) in graph order, or
+    else the first one. So the fp32 input is compared with its Quantize node,
+    not with the int8 model's float input. The list follows the fp32 graph's
+    order.
     """
     value_names = getattr(int8_model, "value_names", None)
     if not isinstance(value_names, dict):
         raise ValueError("the int8 model has no value_names dict (int8 node name -> fp32 node name)")
+    quantized = set(getattr(int8_model, "qparams", {}) or {})
 
     fp32_order = {node.name: index for index, node in enumerate(fp32_model.graph.nodes) if node.op != "output"}
     matched: dict[str, str] = {}
     for node in int8_model.graph.nodes:
         fp32_name = value_names.get(node.name)
-        if fp32_name in fp32_order and fp32_name not in matched:
+        if fp32_name not in fp32_order:
+            continue
+        if fp32_name not in matched or (node.name in quantized and matched[fp32_name] not in quantized):
             matched[fp32_name] = node.name
 
     ordered = sorted(matched, key=fp32_order.__getitem__)

@@ -74,6 +74,14 @@ def test_node_pairs_follow_value_names() -> None:
     assert [fp32_node for fp32_node, _ in pairs] == ["x", "conv", "bn", "relu", "pool", "flatten", "fc"]
 
 
+def test_node_pairs_prefer_quantized_node() -> None:
+    _, fp32, int8 = make_pair(0.0)
+    # The int8 relu node computes the same value as relu_quant, but as float.
+    int8.value_names["relu"] = "relu"
+    pairs = dict((pair.fp32_node, pair.int8_node) for pair in node_pairs(fp32, int8))
+    assert pairs["relu"] == "relu_quant"
+
+
 def test_metrics_match_numpy() -> None:
     eager, fp32, int8 = make_pair(0.3)
     inputs = make_dataset(50, None).inputs

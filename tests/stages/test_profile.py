@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.fx
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from pipeline.contract import StageContext
+from pipeline.errors import StageError
+from pipeline.schema import fill_defaults, load_schema, stage_schema_path
+from stages import load_stage
+from stages.artifacts import save_model
+
+
+def _write_export(folder: Path, precision: str, batch: int | str) -> None:
+    """An export folder: a MatMul model (QDQ on its input for int8) and its input contract."""
+    folder.mkdir()
+    weight = np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32)
+    initializers = [numpy_helper.from_array(weight, "weight")]
+    nodes = []
+    matmul_input = "input"
+    if precision == "int8":
+        initializers += [
+            numpy_helper.from_array(np.array(0.05, dtype=np.float32), "scale"),
+            numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["input", "scale", "zero"], ["q"], name="quantize"),
+            helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["dq"], name="dequantize"),
+        ]
+        matmul_input = "dq"
+    nodes.append(helper.make_node("MatMul", [matmul_input, "weight"], ["output"], name="fc"))
+    graph = helper.make_graph(
+        nodes,
+        "fc",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 64])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 10])],
+        initializers,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(folder / "model.onnx"))
+    (folder / "input_contract.json").write_text(json.dumps({"format": "onnx", "precision": precision}))
+
+
+def _context(tmp_path: Path, params: dict[str, Any], batch: int | str = "batch") -> StageContext:
+    torch.manual_seed(0)
+    fp32 = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval())
+    int8 = copy.deepcopy(fp32)
+
+    folders: dict[str, Any] = {}
+    for name, model in (("fp32_model", fp32), ("int8_model", int8)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        save_model(model, folders[name], {"input_shape": [1, 1, 8, 8]})
+    _write_export(tmp_path / "export_a", "fp32", batch)
+    _write_export(tmp_path / "export_b", "int8", batch)
+    folders["exports"] = [tmp_path / "export_a", tmp_path / "export_b"]
+    (tmp_path / "profile").mkdir()
+
+    return StageContext(
+        stage_name="profile",
+        kind="profile",
+        params=fill_defaults(load_schema(stage_schema_path("profile")), {"warmup": 1, "repeats": 5, **params}),
+        config={},
+        inputs=folders,
+        outputs={"profile": tmp_path / "profile"},
+        root=tmp_path,
+        output_dir=tmp_path / "out",
+        input_names={"fp32_model": "trace", "int8_model": "convert", "exports": ["onnx_fp32", "onnx_int8"]},
+    )
+
+
+def test_profile_metrics_and_measurements(tmp_path: Path) -> None:
+    stage = load_stage("profile")
+    result = stage.run(_context(tmp_path, {}))
+
+    metrics = result.metrics
+    assert metrics["params_fp32"] == (4 * 9 + 4) + (144 * 10 + 10)
+    assert metrics["macs"] == 4 * 9 * 36 + 144 * 10
+    assert metrics["size_fp32_bytes"] == (tmp_path / "export_a" / "model.onnx").stat().st_size
+    assert metrics["size_int8_bytes"] == (tmp_path / "export_b" / "model.onnx").stat().st_size
+
+    measurements = result.measurements
+    for key in ("latency_fp32_ms", "latency_int8_ms", "torch_fp32_ms", "torch_int8_ms"):
+        assert measurements[key] > 0
+    assert measurements["speedup"] == pytest.approx(measurements["latency_fp32_ms"] / measurements["latency_int8_ms"], rel=1e-2)
+    assert measurements["exports"]["onnx_int8"]["precision"] == "int8"
+    assert {row["node"] for row in measurements["slowest_nodes_fp32"]} >= {"fc"}
+    assert measurements["cpu"].endswith(")")
+
+    # Only the deterministic metrics go into the artifact.
+    stored = json.loads((tmp_path / "profile" / "profile.json").read_text())
+    assert stored["metrics"] == metrics
+
+    section = stage.report("profile", {"metrics": metrics, "measurements": measurements, "published": []})
+    assert "| onnxruntime | int8 |" in section
+    assert "speed-up over fp32" in section
+    assert "`fc`" in section
+
+
+def test_profile_fixed_batch_mismatch_raises(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="cannot time export 'onnx_fp32'.*fixed batch size of 1, not 4"):
+        load_stage("profile").run(_context(tmp_path, {"batch_size": 4}, batch=1))
+
+
+def test_profile_without_exports(tmp_path: Path) -> None:
+    ctx = _context(tmp_path, {"top_nodes": 0})
+    ctx.inputs["exports"] = []
+    ctx.input_names["exports"] = []
+    result = load_stage("profile").run(ctx)
+    assert "size_fp32_bytes" not in result.metrics
+    assert "speedup" not in result.measurements
+    assert result.measurements["torch_int8_ms"] > 0
