@@ -115,3 +115,37 @@ def test_int8_divergence_found_for_perturbed_weight(quantized) -> None:
     assert divergence is not None
     assert divergence.fx_node == "fc1"
     assert divergence.op_type == "QuantizeLinear"
+
+
+def test_int8_export_stage(tmp_path: Path) -> None:
+    from pipeline.contract import StageContext
+    from pipeline.schema import fill_defaults, load_schema, stage_schema_path
+    from stages.artifacts import save_model
+    from stages.export import Export
+
+    _, int8, _ = quantize_model(ConvAddLinear(), INPUT_SHAPE)
+    model_folder = tmp_path / "int8_model"
+    model_folder.mkdir()
+    save_model(int8, model_folder, meta={"input_shape": INPUT_SHAPE, "source": "test"})
+    output = tmp_path / "export"
+    output.mkdir()
+    params = {"format": "onnx", "precision": "int8", "samples": 16}
+    ctx = StageContext(
+        stage_name="onnx_int8",
+        kind="export",
+        params=fill_defaults(load_schema(stage_schema_path("export")), params),
+        config={},
+        inputs={"model": model_folder},
+        outputs={"export": output},
+        root=tmp_path,
+        output_dir=tmp_path / "out",
+    )
+
+    result = Export().run(ctx)
+
+    assert result.metrics["precision"] == "int8"
+    assert result.metrics["int8_kernels"] >= 5
+    assert result.metrics["within_one_step_pct"] >= 99.9
+    assert result.metrics["passed"] is True
+    assert result.message.startswith("accuracy test passed: within_one_step_pct=")
+    assert sorted(path.name for path in output.iterdir()) == ["input_contract.json", "model.onnx"]
