@@ -1,11 +1,11 @@
 """Conversion: rewrite an observed GraphModule into a GraphModule of int8 modules.
 
 The pass walks the observed graph once and builds a new graph. Each value
-can exist as float (a new node computing float32) and as integers (a new
-node computing q values, with its QParams); the other form is made on demand
-with a Quantize or Dequantize module, so float fallbacks sit between a
-Dequantize and a Quantize and the model takes and returns float. Observers
-disappear: their qparams become static attributes of the int8 modules.
+can exist as float32 and as integers (q values with their QParams). When a
+consumer needs the form that does not exist yet, the pass makes it with a
+Quantize or Dequantize module. So float fallbacks sit between a Dequantize
+and a Quantize, and the model takes and returns float. Observers disappear
+because their qparams become static attributes of the int8 modules.
 
 The result carries ``value_names`` (new node -> fp32 node name) and
 ``qparams`` (new node whose output is integers -> scale, zero point, dtype).
@@ -213,7 +213,7 @@ class _Converter:
         return self.graph.node_copy(node, map_arg)
 
     def _int_value(self, name: str) -> tuple[fx.Node, QParams] | None:
-        """The integer form of an observed value, quantizing a pending float value."""
+        """Return the integer form of an observed value, adding a Quantize for a pending float value."""
         if name in self.int_values:
             return self.int_values[name]
         if name not in self.pending:
@@ -228,7 +228,7 @@ class _Converter:
         return self.int_values[name]
 
     def _float_value(self, name: str) -> fx.Node:
-        """The float form of an observed value, dequantizing an integer value."""
+        """Return the float form of an observed value, adding a Dequantize for an integer value."""
         if name in self.float_values:
             return self.float_values[name]
         int_node, qparams = self.int_values[name]

@@ -1,9 +1,9 @@
 """A fixed-size histogram that widens its range as batches arrive.
 
-Memory is constant: the bin count never changes. When a batch falls outside
-the current range, the range grows by an integer factor ``k`` of the bin
-width and is anchored on an old bin edge, so every old bin lies inside
-exactly one new bin and the counts move over without approximation. The
+Memory is constant because the bin count never changes. When a batch falls
+outside the current range, the bin width grows by an integer factor and the
+new low edge sits on an old bin edge. So every old bin lies inside exactly
+one new bin, and the counts move over without approximation. The
 range always contains 0, the value every activation range must represent.
 """
 

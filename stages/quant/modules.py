@@ -7,14 +7,15 @@ point is a static attribute, held in a :class:`QParams` record with
 ``scale`` (float, exactly representable as float32), ``zero_point`` (int)
 and ``dtype`` (``"uint8"`` or ``"int8"``).
 
-Each class maps to one ONNX QDQ pattern, given in its docstring. The
-arithmetic is written out so that an exporter and a reader can check that
-onnxruntime computes the same numbers: integer dot products are exact (taken
-in float64, exact below 2**53, and bounded at construction to fit the int32
-accumulator), requantization multiplies by
-``input_scale * weight_scale / output_scale`` in float64, rounds half to even
-and saturates. onnxruntime (QLinearConv, QGemm, QLinearAdd, or the float
-QDQ path) matches these outputs to within one step of the output scale.
+Each class maps to one ONNX QDQ pattern, given in its docstring with the
+arithmetic written out, so an exporter and a reader can check that
+onnxruntime computes the same numbers. Integer dot products are exact: they
+run in float64, which is exact below 2**53, and construction checks that
+they fit the int32 accumulator. Requantization multiplies by
+``input_scale * weight_scale / output_scale`` in float64, rounds half to
+even and saturates. onnxruntime (QLinearConv, QGemm, QLinearAdd, or the
+float QDQ path) matches these outputs to within one step of the output
+scale, which tests/stages/quant/test_ort_parity.py checks.
 
 flatten, reshape, view and similar shape operations have no module: the fx
 node runs on the integer tensor directly and its qparams are those of its

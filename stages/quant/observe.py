@@ -1,11 +1,12 @@
 """Observer insertion: turn an fp32 GraphModule into an observed one.
 
-Steps: fold BatchNorm into the preceding conv, fuse conv / linear / add with
-a following ReLU (the observer goes after the ReLU), then insert one observer
-module after every value that a quantized node produces or reads: the graph
-inputs, the outputs of quantized nodes and float values that feed quantized
-nodes. Observers belong to fx nodes, not to modules, so a module called at
-two places (a shared nn.ReLU) gets one observer per call.
+The pass folds BatchNorm into the preceding conv and fuses conv, linear and
+add with a following ReLU, so the observer goes after the ReLU. Then it
+inserts one observer module after every value that a quantized node
+produces or reads. These are the graph inputs, the outputs of quantized
+nodes and the float values that feed quantized nodes. Observers belong to
+fx nodes, not to modules, so a module called at two places (a shared
+nn.ReLU) gets one observer per call.
 
 The observed GraphModule carries two plain-dict attributes:
     value_names  observed node name -> fp32 node name whose value it computes

@@ -200,12 +200,12 @@ class PercentileObserver(_HistogramObserver):
 class EntropyObserver(_HistogramObserver):
     """Clip range from the TensorRT entropy calibration on a histogram of |x|.
 
-    For each candidate threshold (every bin edge from the number of
-    quantization bins up to the end), the reference distribution is the
-    histogram cut at the threshold with the outside counts added to its last
-    bin, and the candidate distribution is that histogram merged into the
-    quantization bins and spread evenly over the nonzero source bins. The
-    threshold with the least KL divergence wins. Like TensorRT, bin 0 takes
+    The candidate thresholds are the bin edges from the number of
+    quantization bins up to the end. For each, the reference distribution is
+    the histogram cut at the threshold, with the outside counts added to its
+    last bin. The candidate distribution merges that histogram into the
+    quantization bins and spreads each merged count evenly over its nonzero
+    source bins. The threshold with the least KL divergence wins. Like TensorRT, bin 0 takes
     the count of bin 1, so the zeros that a ReLU produces do not dominate.
     The clip range is [max(min, -T), min(max, T)].
     """

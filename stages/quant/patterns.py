@@ -49,7 +49,7 @@ def op_type(node: fx.Node, modules: dict[str, nn.Module]) -> str:
 
 
 def is_float_tensor(node: Any) -> bool:
-    """Whether shape propagation recorded a floating point tensor for ``node``."""
+    """Check that shape propagation recorded a floating point tensor for ``node``."""
     if not isinstance(node, fx.Node):
         return False
     meta = node.meta.get("tensor_meta")
