@@ -23,7 +23,7 @@ def describe_cpu(cpuinfo: str | None = None) -> str:
     """Return e.g. ``"AMD EPYC 7B13 64-Core Processor (avx512_vnni)"``.
 
     ``cpuinfo`` is the text of /proc/cpuinfo (read when None). Without int8
-    instructions the parenthesis says so.
+    instructions the parenthesis states that instead.
     """
     if cpuinfo is None:
         try:

@@ -1,7 +1,7 @@
 """Find the fp32 and int8 ONNX files among a profile's export artifacts.
 
 An export folder has ``model.onnx`` and ``input_contract.json``, whose
-``precision`` says fp32 or int8. When the contract lacks it, a model with
+``precision`` is fp32 or int8. When the contract lacks it, a model with
 QuantizeLinear or integer kernels counts as int8.
 """
 
