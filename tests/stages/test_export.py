@@ -101,7 +101,7 @@ def test_fp32_export_metrics(root: Path) -> None:
     assert "int8_kernels" not in metrics
 
 
-def test_exported_model_matches_torch_on_new_input(root: Path) -> None:
+def test_export_matches_torch_new_input(root: Path) -> None:
     ctx = make_context(root, {"format": "onnx"})
     Export().run(ctx)
     graph_module = torch.load(root / "model_artifact" / "model.pt", weights_only=False)
@@ -160,7 +160,7 @@ def test_data_set_of_wrong_shape_rejected(tmp_path: Path) -> None:
         Export().run(make_context(tmp_path, {"format": "onnx", "data": "digits"}, data))
 
 
-def test_fp32_gate_failure_names_node_and_writes_nothing(root: Path) -> None:
+def test_gate_failure_names_node(root: Path) -> None:
     # No float32 runtime matches PyTorch to 1e-12 on a conv network with real accumulation.
     ctx = make_context(root, {"format": "onnx", "max_rel_diff": 1e-12, "samples": 8})
 

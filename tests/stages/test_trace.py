@@ -89,7 +89,7 @@ def test_trace_config_selects_model_section() -> None:
     assert Trace().config({}, pipeline) == {"model": {"source": "torchvision:resnet18"}}
 
 
-def test_trace_failure_is_one_line_stage_error(root: Path) -> None:
+def test_trace_failure_one_line(root: Path) -> None:
     model_spec = {"source": "user_net:Net", "kwargs": {"gated": True}, "input_shape": [1, 1, 8, 8]}
 
     with pytest.raises(StageError) as failure:

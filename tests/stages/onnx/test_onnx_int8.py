@@ -45,7 +45,7 @@ def test_int8_outputs_within_one_step(quantized) -> None:
     assert comparison.max_abs_diff <= steps[0] * 2
 
 
-def test_every_conv_gemm_add_runs_as_int8_kernel(tmp_path: Path) -> None:
+def test_int8_kernels_fused(tmp_path: Path) -> None:
     # uint8 activations only: onnxruntime 1.32 left int8-activation groups
     # unfused on x86, and a ReLU before an int8 QuantizeLinear with zero
     # point 0 is not redundant.
@@ -78,7 +78,7 @@ def test_weights_are_int8_per_channel(quantized) -> None:
         assert [attribute.i for attribute in node.attribute if attribute.name == "axis"] == [0]
 
 
-def test_bias_is_int32_at_input_times_weight_scale(quantized) -> None:
+def test_bias_int32_at_product_scale(quantized) -> None:
     int8, model, _ = quantized
     initializers = {tensor.name: onnx.numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     conv = int8.get_submodule("conv2")
@@ -93,7 +93,7 @@ def test_bias_is_int32_at_input_times_weight_scale(quantized) -> None:
     np.testing.assert_array_equal(initializers["conv2.bias_zero_point"], np.zeros_like(bias))
 
 
-def test_output_step_comes_from_final_dequantize(quantized) -> None:
+def test_output_step_from_dequantize(quantized) -> None:
     int8, _, _ = quantized
     output = next(node for node in int8.graph.nodes if node.op == "output").args[0]
 
@@ -101,7 +101,7 @@ def test_output_step_comes_from_final_dequantize(quantized) -> None:
     assert output_quantization_steps(int8) == [int8.qparams[output.args[0].name]["scale"]]
 
 
-def test_int8_divergence_found_for_perturbed_weight(quantized) -> None:
+def test_divergence_on_perturbed_weight(quantized) -> None:
     int8, model, inputs = quantized
     broken = onnx.ModelProto()
     broken.CopyFrom(model)

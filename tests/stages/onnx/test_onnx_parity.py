@@ -79,7 +79,7 @@ def test_divergence_names_first_perturbed_node(exported) -> None:
     assert "torch shape=[2, 4, 8, 8]" in divergence.describe()
 
 
-def test_divergence_of_faithful_export_is_below_limit(exported) -> None:
+def test_divergence_below_limit_when_faithful(exported) -> None:
     graph_module, model, inputs = exported
 
     divergence = find_divergence(model, graph_module, inputs[:2], max_rel_diff=1e-4)
