@@ -7,6 +7,11 @@ Quantize or Dequantize module. So float fallbacks sit between a Dequantize
 and a Quantize, and the model takes and returns float. Observers disappear
 because their qparams become static attributes of the int8 modules.
 
+NOTE: onnxruntime 1.32 quantizes the float weights of a Conv or Gemm that
+sits between DequantizeLinear and QuantizeLinear (its WeightBiasQuantization
+optimizer). A skipped layer therefore stays float in onnxruntime only when
+the session disables that optimizer.
+
 The result carries ``value_names`` (new node -> fp32 node name) and
 ``qparams`` (new node whose output is integers -> scale, zero point, dtype).
 """
