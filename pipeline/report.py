@@ -17,4 +17,5 @@ def render_report(pipeline: Pipeline, sections: list[str]) -> str:
         "timings are from the run that computed each stage.",
         "",
     ]
-    return "\n".join(header) + "\n\n".join(section.rstrip() + "\n" for section in sections)
+    # The header ends with a blank line; sections are separated by one.
+    return "\n".join(header) + "\n" + "\n".join(section.rstrip() + "\n" for section in sections)

@@ -77,3 +77,24 @@ class Export(Stage):
             },
             message=message,
         )
+
+    def report(self, name: str, record: Mapping[str, Any]) -> str:
+        """Return the export's file and its onnxruntime parity result."""
+        metrics = record.get("metrics", {})
+        if not metrics:
+            return ""
+        verdict = "passed" if metrics.get("passed") else "failed"
+        lines = [
+            f"## Export: {name}",
+            "",
+            f"{metrics.get('precision', '?')} {metrics.get('format', 'onnx')} model `{metrics.get('path', '?')}` "
+            f"(opset {metrics.get('opset', '?')}). Parity with PyTorch in onnxruntime {verdict} "
+            f"on {metrics.get('samples', 0)} samples: max abs diff {metrics.get('max_abs_diff', float('nan')):.3g}, "
+            f"max rel diff {metrics.get('max_rel_diff', float('nan')):.3g}.",
+        ]
+        if "within_one_step_pct" in metrics:
+            lines.append(
+                f"Outputs within one quantization step of the PyTorch int8 model: {metrics['within_one_step_pct']:.2f}%; "
+                f"int8 kernels: {metrics.get('int8_kernels', '?')}."
+            )
+        return "\n".join(lines) + "\n"
