@@ -65,7 +65,8 @@ def differs(path: Path, pipeline_name: str, order: list[str], stages: dict[str, 
     try:
         return path.read_text() != render(pipeline_name, ordered)
     except OSError:
-        return True
+        # No lock yet: write one only when a stage has something to record.
+        return bool(ordered)
 
 
 def write(path: Path, pipeline_name: str, order: list[str], stages: dict[str, Any]) -> bool:

@@ -74,6 +74,10 @@ class Divergence:
         )
 
 
+# Optimizers that would change what a float-fallback layer computes.
+DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
+
+
 def create_session(model: onnx.ModelProto, optimized_path: Path | None = None) -> ort.InferenceSession:
     """Create a CPU session with every graph optimization enabled."""
     options = ort.SessionOptions()
@@ -81,7 +85,12 @@ def create_session(model: onnx.ModelProto, optimized_path: Path | None = None) -
     options.log_severity_level = 3
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(model.SerializeToString(), options, providers=PROVIDERS)
+    # NOTE: onnxruntime 1.32's WeightBiasQuantization optimizer quantizes the
+    # float weights of a Conv that sits between DequantizeLinear and
+    # QuantizeLinear, so a layer the qconfig keeps in float would run in int8.
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS
+    )
 
 
 def run_torch(graph_module: torch.nn.Module, batch: np.ndarray) -> list[np.ndarray]:

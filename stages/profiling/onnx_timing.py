@@ -62,7 +62,11 @@ def create_session(path: Path, threads: int, profile_prefix: Path | None = None)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from stages.onnx.parity import DISABLED_OPTIMIZERS
+
+    return onnxruntime.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
+    )
 
 
 def session_feeds(session: onnxruntime.InferenceSession, batch_size: int) -> dict[str, np.ndarray]:

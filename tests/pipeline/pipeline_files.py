@@ -60,3 +60,40 @@ stages:
   - name: trace
     kind: trace
 """
+
+# A model with 100 MB of weights, so that saving, hashing and storing its
+# artifact take long enough for a test to kill `pipe run` in the middle.
+BIG_MODEL = '''
+import os
+from pathlib import Path
+
+from torch import nn
+
+
+def build():
+    marker = os.environ.get("PIPE_TEST_STARTED")
+    if marker:
+        Path(marker).write_text("started")
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5000), nn.ReLU(), nn.Linear(5000, 5000))
+'''
+
+PARALLEL = HEADER + """
+stages:
+  - name: trace
+    kind: trace
+  - name: qconfig
+    kind: prepare-qconfig
+  - name: observe
+    kind: insert-observers
+  - name: calibrate
+    kind: calibrate
+    data: rand
+  - name: convert
+    kind: convert
+  - name: onnx_fp32
+    kind: export
+    needs: [trace]
+    format: onnx
+    precision: fp32
+    data: rand
+"""
