@@ -1,7 +1,8 @@
-"""The ``profile`` stage: size, MACs and latency of the fp32 and int8 models.
+"""The ``profile`` stage: size, MACs, latency and peak memory of the fp32 and int8 models.
 
-Metrics that reproduce on any machine (parameters, MACs, ONNX file sizes) go
-to the lock file. Timings and the CPU name go to the run history and the
+Metrics that reproduce on any machine (parameters, MACs, serialized sizes of
+the PyTorch artifacts and the ONNX files) go to the lock file. Timings, peak
+memory, the CPU and its int8 instructions go to the run history and the
 report. onnxruntime is the int8 engine; the int8 GraphModule's PyTorch time
 is reported as a reference for its arithmetic, not as an int8 speed.
 """
@@ -19,7 +20,7 @@ PROFILE_FILE = "profile.json"
 
 class Profile(Stage):
     kind = "profile"
-    version = 1
+    version = 2
     sources = ("profile.py", "profiling")
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
@@ -36,41 +37,48 @@ class Profile(Stage):
         return ("torch", "onnx", "onnxruntime", "numpy")
 
     def run(self, ctx: StageContext) -> StageResult:
-        from stages.artifacts import load_meta, load_model, write_json
-        from stages.profiling.cpu import describe_cpu
+        from stages.artifacts import MODEL_FILE, load_meta, load_model, write_json
+        from stages.profiling.cpu import describe_cpu, runtime_versions
         from stages.profiling.exports import find_onnx_exports, first_of
+        from stages.profiling.memory import METHOD, measure_peaks
         from stages.profiling.onnx_timing import InputShapeError, profile_onnx_nodes, time_onnx
         from stages.profiling.torch_timing import count_macs, count_parameters, time_torch
 
         params = ctx.params
-        fp32_model = load_model(ctx.inputs["fp32_model"], ctx.root)
-        int8_model = load_model(ctx.inputs["int8_model"], ctx.root)
-        input_shape = list(load_meta(ctx.inputs["fp32_model"])["input_shape"])
+        model_dirs = {precision: Path(ctx.inputs[f"{precision}_model"]) for precision in ("fp32", "int8")}
+        models = {precision: load_model(folder, ctx.root) for precision, folder in model_dirs.items()}
+        input_shape = list(load_meta(model_dirs["fp32"])["input_shape"])
         timed_shape = [params["batch_size"], *input_shape[1:]]
 
         folders = [Path(folder) for folder in ctx.inputs.get("exports", [])]
         names = list(ctx.input_names.get("exports", [])) or [folder.name for folder in folders]
         exports = find_onnx_exports(folders, names)
-        fp32_export = first_of(exports, "fp32")
-        int8_export = first_of(exports, "int8")
+        compared = {precision: first_of(exports, precision) for precision in ("fp32", "int8")}
 
-        metrics: dict[str, Any] = {
-            "params_fp32": count_parameters(fp32_model),
-            "macs": count_macs(fp32_model, [1, *input_shape[1:]]),
-        }
-        if fp32_export is not None:
-            metrics["size_fp32_bytes"] = fp32_export.size_bytes
-        if int8_export is not None:
-            metrics["size_int8_bytes"] = int8_export.size_bytes
+        metrics: dict[str, Any] = {}
+        for precision, model in models.items():
+            metrics[f"params_{precision}"] = count_parameters(model)
+            metrics[f"macs_{precision}"] = count_macs(model, [1, *input_shape[1:]])
+            metrics[f"torch_size_{precision}_bytes"] = (model_dirs[precision] / MODEL_FILE).stat().st_size
+        metrics["macs"] = metrics["macs_fp32"]
+        for precision, export in compared.items():
+            if export is not None:
+                metrics[f"size_{precision}_bytes"] = export.size_bytes
+        if compared["fp32"] is not None and compared["int8"] is not None:
+            metrics["size_reduction"] = round(metrics["size_fp32_bytes"] / metrics["size_int8_bytes"], 3)
 
-        steps = 2 + len(exports)
-        advance = ctx.progress("profile", steps)
+        advance = ctx.progress("profile", 2 + len(exports) + (1 if params["memory"] else 0))
         timing = (params["threads"], params["warmup"], params["repeats"])
-        measurements: dict[str, Any] = {"cpu": describe_cpu(), "threads": params["threads"], "batch_size": params["batch_size"]}
-        measurements.update(time_torch(fp32_model, timed_shape, *timing).as_measurements("torch_fp32"))
-        advance(1)
-        measurements.update(time_torch(int8_model, timed_shape, *timing).as_measurements("torch_int8"))
-        advance(1)
+        measurements: dict[str, Any] = {
+            "cpu": describe_cpu(),
+            "threads": params["threads"],
+            "batch_size": params["batch_size"],
+            "repeats": params["repeats"],
+            **runtime_versions(),
+        }
+        for precision, model in models.items():
+            measurements.update(time_torch(model, timed_shape, *timing).as_measurements(f"torch_{precision}"))
+            advance(1)
 
         per_export: dict[str, Any] = {}
         for export in exports:
@@ -84,14 +92,23 @@ class Profile(Stage):
                 **latency.as_measurements("latency"),
                 "slowest_nodes": [row.as_dict() for row in nodes[: params["top_nodes"]]],
             }
-            if export is fp32_export or export is int8_export:
+            if export is compared[export.precision]:
                 measurements.update(latency.as_measurements(f"latency_{export.precision}"))
                 measurements[f"slowest_nodes_{export.precision}"] = per_export[export.stage]["slowest_nodes"]
             advance(1)
         if per_export:
             measurements["exports"] = per_export
-        if fp32_export is not None and int8_export is not None:
+        if compared["fp32"] is not None and compared["int8"] is not None:
             measurements["speedup"] = round(measurements["latency_fp32_ms"] / measurements["latency_int8_ms"], 3)
+
+        if params["memory"]:
+            targets = {f"torch_{precision}": ("torch", folder / MODEL_FILE) for precision, folder in model_dirs.items()}
+            targets.update({f"onnx_{precision}": ("onnxruntime", export.path) for precision, export in compared.items() if export is not None})
+            peaks = measure_peaks(targets, timed_shape, params["threads"], params["warmup"] + 1, ctx.root)
+            for prefix, peak in peaks.items():
+                measurements.update(peak.as_measurements(prefix))
+            measurements["memory_method"] = METHOD
+            advance(1)
 
         write_json(ctx.outputs["profile"] / PROFILE_FILE, {"format": 1, "metrics": metrics})
         return StageResult(metrics=metrics, measurements=measurements, message=summary(metrics, measurements))
@@ -103,8 +120,10 @@ class Profile(Stage):
 
 
 def summary(metrics: Mapping[str, Any], measurements: Mapping[str, Any]) -> str:
-    """Return one line with MACs, parameters, the CPU and, when both exports were timed, the speed-up."""
+    """Return one line with MACs, parameters, the size reduction, the speed-up and the CPU."""
     parts = [f"{metrics['macs'] / 1e6:.2f} M MACs", f"{metrics['params_fp32'] / 1e3:.1f} k params"]
+    if "size_reduction" in metrics:
+        parts.append(f"int8 ONNX {metrics['size_reduction']:.2f}x smaller")
     if "speedup" in measurements:
         parts.append(
             f"onnxruntime fp32 {measurements['latency_fp32_ms']:.3f} ms, int8 {measurements['latency_int8_ms']:.3f} ms "

@@ -8,6 +8,7 @@ multiply (i8mm) extensions.
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
 from pathlib import Path
 
@@ -17,6 +18,8 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 # Keys naming the CPU model: x86 first, then the Arm ones.
 MODEL_KEYS = ("model name", "Model", "Hardware", "CPU part")
 FLAG_KEYS = ("flags", "Features")
+# Distributions whose versions are recorded with every timing.
+RUNTIME_PACKAGES = ("torch", "onnxruntime", "onnx", "numpy")
 
 
 def describe_cpu(cpuinfo: str | None = None) -> str:
@@ -52,3 +55,14 @@ def _first_values(cpuinfo: str) -> dict[str, str]:
         if separator and key and key not in values:
             values[key] = " ".join(value.split())
     return values
+
+
+def runtime_versions(packages: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str]:
+    """Return ``{"<package>_version": version}``, read from the installed metadata without importing."""
+    versions = {}
+    for package in packages:
+        try:
+            versions[f"{package}_version"] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[f"{package}_version"] = "not installed"
+    return versions

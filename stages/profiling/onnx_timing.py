@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
+from stages.onnx.parity import DISABLED_OPTIMIZERS
 from stages.profiling.stats import Latency
 
 # Suffix onnxruntime's profiler adds to each node's kernel event name.
@@ -62,8 +63,6 @@ def create_session(path: Path, threads: int, profile_prefix: Path | None = None)
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
-    from stages.onnx.parity import DISABLED_OPTIMIZERS
-
     return onnxruntime.InferenceSession(
         str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
     )

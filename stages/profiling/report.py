@@ -4,48 +4,84 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+# (runtime, model, latency prefix, memory prefix) of the rows of the latency table.
+LATENCY_ROWS = (
+    ("onnxruntime", "fp32", "latency_fp32", "onnx_fp32"),
+    ("onnxruntime", "int8", "latency_int8", "onnx_int8"),
+    ("PyTorch", "fp32", "torch_fp32", "torch_fp32"),
+    ("PyTorch (reference arithmetic)", "int8", "torch_int8", "torch_int8"),
+)
+
 
 def profile_section(name: str, record: Mapping[str, Any]) -> str:
-    """Render sizes, MACs, the latency table, the speed-up, the CPU and the slowest nodes."""
+    """Render sizes, MACs, the latency and memory table, the speed-up, the CPU and the slowest nodes."""
     metrics = record.get("metrics", {})
     measurements = record.get("measurements", {})
     lines = [f"## Size and speed: {name}", ""]
+    lines += _size_table(metrics)
+    if measurements:
+        lines += _latency_table(measurements)
+        lines += _slowest_nodes(measurements)
+    return "\n".join(lines)
 
-    lines.append(f"Parameters: {metrics.get('params_fp32', 0):,}. MACs per sample: {metrics.get('macs', 0):,}.")
-    if "size_fp32_bytes" in metrics or "size_int8_bytes" in metrics:
-        sizes = [f"{precision} {metrics[key] / 1024:.1f} KiB" for precision, key in (("fp32", "size_fp32_bytes"), ("int8", "size_int8_bytes")) if key in metrics]
-        ratio = ""
-        if "size_fp32_bytes" in metrics and "size_int8_bytes" in metrics:
-            ratio = f" ({metrics['size_fp32_bytes'] / metrics['size_int8_bytes']:.2f}x smaller)"
-        lines.append(f"ONNX file size: {', '.join(sizes)}{ratio}.")
-    lines.append("")
 
-    if not measurements:
-        return "\n".join(lines)
-
-    lines += [
-        f"Latency per batch of {measurements.get('batch_size', 1)}, {measurements.get('threads', '?')} threads, "
-        f"on {measurements.get('cpu', 'an unknown CPU')}:",
-        "",
-        "| runtime | model | median | p10 | p90 |",
-        "|---|---|---|---|---|",
+def _size_table(metrics: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "| | fp32 | int8 | fp32 / int8 |",
+        "|---|---|---|---|",
     ]
     rows = (
-        ("onnxruntime", "fp32", "latency_fp32"),
-        ("onnxruntime", "int8", "latency_int8"),
-        ("PyTorch", "fp32", "torch_fp32"),
-        ("PyTorch (reference arithmetic)", "int8", "torch_int8"),
+        ("weights", "params_{}", _count),
+        ("MACs per sample", "macs_{}", _count),
+        ("PyTorch artifact (model.pt)", "torch_size_{}_bytes", _kib),
+        ("ONNX file", "size_{}_bytes", _kib),
     )
-    for runtime, model, prefix in rows:
-        if f"{prefix}_ms" in measurements:
-            lines.append(
-                f"| {runtime} | {model} | {measurements[f'{prefix}_ms']:.3f} ms | "
-                f"{measurements[f'{prefix}_p10_ms']:.3f} ms | {measurements[f'{prefix}_p90_ms']:.3f} ms |"
-            )
+    for label, pattern, show in rows:
+        fp32, int8 = metrics.get(pattern.format("fp32")), metrics.get(pattern.format("int8"))
+        if fp32 is None and int8 is None:
+            continue
+        ratio = f"{fp32 / int8:.2f}x" if fp32 and int8 else "-"
+        lines.append(f"| {label} | {show(fp32)} | {show(int8)} | {ratio} |")
+    lines.append("")
+    if "size_reduction" in metrics:
+        lines += [f"The int8 ONNX file is {metrics['size_reduction']:.2f}x smaller than the fp32 one.", ""]
+    return lines
+
+
+def _latency_table(measurements: Mapping[str, Any]) -> list[str]:
+    versions = ", ".join(
+        f"{package} {measurements[f'{package}_version']}"
+        for package in ("torch", "onnxruntime")
+        if f"{package}_version" in measurements
+    )
+    lines = [
+        f"Latency per batch of {measurements.get('batch_size', 1)} over {measurements.get('repeats', '?')} runs after warm-up, "
+        f"{measurements.get('threads', '?')} threads, on {measurements.get('cpu', 'an unknown CPU')}"
+        + (f" ({versions})" if versions else "")
+        + ":",
+        "",
+        "| runtime | model | median | p10 | p90 | peak memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for runtime, model, prefix, memory_prefix in LATENCY_ROWS:
+        if f"{prefix}_ms" not in measurements:
+            continue
+        peak = measurements.get(f"{memory_prefix}_peak_mib")
+        lines.append(
+            f"| {runtime} | {model} | {measurements[f'{prefix}_ms']:.3f} ms | "
+            f"{measurements[f'{prefix}_p10_ms']:.3f} ms | {measurements[f'{prefix}_p90_ms']:.3f} ms | "
+            f"{'-' if peak is None else f'{peak:.1f} MiB'} |"
+        )
     lines.append("")
     if "speedup" in measurements:
         lines += [f"onnxruntime int8 speed-up over fp32: {measurements['speedup']:.2f}x.", ""]
+    if "memory_method" in measurements:
+        lines += [f"Peak memory: {measurements['memory_method']}.", ""]
+    return lines
 
+
+def _slowest_nodes(measurements: Mapping[str, Any]) -> list[str]:
+    lines = []
     for precision in ("int8", "fp32"):
         nodes = measurements.get(f"slowest_nodes_{precision}") or []
         if not nodes:
@@ -60,4 +96,12 @@ def profile_section(name: str, record: Mapping[str, Any]) -> str:
             grouped = f" ({row['count']} nodes)" if row.get("count", 1) > 1 else ""
             lines.append(f"| `{row['node']}`{grouped} | {row['op']} | {row['ms']:.4f} ms |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
+
+
+def _count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _kib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1024:.1f} KiB"

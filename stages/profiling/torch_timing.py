@@ -14,8 +14,19 @@ from stages.profiling.stats import Latency
 INPUT_SEED = 0
 
 
+# Buffer names that hold a layer's weights in int8 modules (int8 weight, int32 bias).
+WEIGHT_BUFFERS = ("weight", "bias")
+
+
 def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
+    """Return the number of weights: parameters plus the weight and bias buffers of int8 modules.
+
+    Scales, zero points, multipliers and BatchNorm running statistics are
+    not counted.
+    """
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    buffers = sum(buffer.numel() for name, buffer in model.named_buffers() if name.rsplit(".", 1)[-1] in WEIGHT_BUFFERS)
+    return parameters + buffers
 
 
 def count_macs(model: torch.nn.Module, input_shape: list[int]) -> int:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import torch
 import torch.fx
@@ -67,7 +68,7 @@ def _context(tmp_path: Path, params: dict[str, Any], batch: int | str = "batch")
     return StageContext(
         stage_name="profile",
         kind="profile",
-        params=fill_defaults(load_schema(stage_schema_path("profile")), {"warmup": 1, "repeats": 5, **params}),
+        params=fill_defaults(load_schema(stage_schema_path("profile")), {"warmup": 1, "repeats": 5, "memory": False, **params}),
         config={},
         inputs=folders,
         outputs={"profile": tmp_path / "profile"},
@@ -77,32 +78,67 @@ def _context(tmp_path: Path, params: dict[str, Any], batch: int | str = "batch")
     )
 
 
-def test_profile_metrics_and_measurements(tmp_path: Path) -> None:
+def _reference_model() -> nn.Module:
+    """The module that ``_context`` traces, built again from the same seed: the independent count."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+
+
+def test_profile_metrics_against_independent_counts(tmp_path: Path) -> None:
     stage = load_stage("profile")
     result = stage.run(_context(tmp_path, {}))
 
     metrics = result.metrics
+    reference = _reference_model()
+    assert metrics["params_fp32"] == sum(parameter.numel() for parameter in reference.parameters())
     assert metrics["params_fp32"] == (4 * 9 + 4) + (144 * 10 + 10)
-    assert metrics["macs"] == 4 * 9 * 36 + 144 * 10
+    # Conv: 4 output channels x 1 input x 3 x 3 at 6 x 6 positions; Linear: 144 x 10.
+    assert metrics["macs"] == metrics["macs_fp32"] == 4 * 9 * 36 + 144 * 10
+    for precision in ("fp32", "int8"):
+        assert metrics[f"torch_size_{precision}_bytes"] == (tmp_path / f"{precision}_model" / "model.pt").stat().st_size
     assert metrics["size_fp32_bytes"] == (tmp_path / "export_a" / "model.onnx").stat().st_size
     assert metrics["size_int8_bytes"] == (tmp_path / "export_b" / "model.onnx").stat().st_size
+    assert metrics["size_reduction"] == round(metrics["size_fp32_bytes"] / metrics["size_int8_bytes"], 3)
 
     measurements = result.measurements
     for key in ("latency_fp32_ms", "latency_int8_ms", "torch_fp32_ms", "torch_int8_ms"):
         assert measurements[key] > 0
+        assert measurements[key.replace("_ms", "_p10_ms")] <= measurements[key] <= measurements[key.replace("_ms", "_p90_ms")]
     assert measurements["speedup"] == pytest.approx(measurements["latency_fp32_ms"] / measurements["latency_int8_ms"], rel=1e-2)
     assert measurements["exports"]["onnx_int8"]["precision"] == "int8"
     assert {row["node"] for row in measurements["slowest_nodes_fp32"]} >= {"fc"}
     assert measurements["cpu"].endswith(")")
+    assert measurements["onnxruntime_version"] == onnxruntime.__version__
+    assert "torch_fp32_peak_mib" not in measurements
 
     # Only the deterministic metrics go into the artifact.
     stored = json.loads((tmp_path / "profile" / "profile.json").read_text())
     assert stored["metrics"] == metrics
 
-    section = stage.report("profile", {"metrics": metrics, "measurements": measurements, "published": []})
+
+def test_profile_report_section(tmp_path: Path) -> None:
+    stage = load_stage("profile")
+    result = stage.run(_context(tmp_path, {}))
+    section = stage.report("profile", {"metrics": result.metrics, "measurements": result.measurements, "published": []})
+
+    assert section.startswith("## Size and speed: profile\n")
+    assert f"| weights | {result.metrics['params_fp32']:,} |" in section
+    assert "| ONNX file |" in section and "| PyTorch artifact (model.pt) |" in section
     assert "| onnxruntime | int8 |" in section
     assert "speed-up over fp32" in section
+    assert result.measurements["cpu"] in section
     assert "`fc`" in section
+
+    # Without measurements (a record from an old run) the sizes still render.
+    assert "| MACs per sample |" in stage.report("profile", {"metrics": result.metrics, "measurements": {}, "published": []})
+
+
+@pytest.mark.slow
+def test_profile_measures_peak_memory(tmp_path: Path) -> None:
+    result = load_stage("profile").run(_context(tmp_path, {"memory": True}))
+    for prefix in ("torch_fp32", "torch_int8", "onnx_fp32", "onnx_int8"):
+        assert result.measurements[f"{prefix}_peak_mib"] >= 0
+    assert "VmHWM" in result.measurements["memory_method"]
 
 
 def test_profile_fixed_batch_mismatch_raises(tmp_path: Path) -> None:
