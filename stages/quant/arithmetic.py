@@ -2,8 +2,14 @@
 
 real = scale * (q - zero_point). Rounding is half to even (``torch.round``),
 results saturate to the integer range of the dtype. Scales are float32
-values (the precision ONNX stores them in); products of scales are taken in
-float64 from those float32 values.
+values (the precision ONNX stores them in).
+
+Requantization follows onnxruntime's MLAS kernels (MlasRequantizeOutput,
+used by QLinearConv, QGemm and QLinearGlobalAveragePool) bit for bit: the
+exact int32 accumulator is converted to float32, multiplied in float32 by a
+float32 multiplier computed as float32(float32(input_scale * weight_scale)
+/ output_scale), clamped to [qmin - zero_point, qmax - zero_point], rounded
+half to even and shifted by the zero point.
 
 Activations are ``uint8`` (asymmetric, any zero point in [0, 255]) or
 ``int8`` (symmetric, zero point 0, range [-128, 127]). Weights are ``int8``
@@ -108,6 +114,59 @@ def saturate(values: torch.Tensor, qparams: QParams, relu: bool = False) -> torc
     q = torch.round(values) + qparams.zero_point
     low = max(qparams.qmin, qparams.zero_point) if relu else qparams.qmin
     return q.clamp(low, qparams.qmax).to(qparams.torch_dtype)
+
+
+def requantize_multiplier(input_scale: float, weight_scales: torch.Tensor, output_scale: float) -> torch.Tensor:
+    """Return float32(float32(input_scale * weight_scale) / output_scale) per channel.
+
+    Each operation rounds to float32, as onnxruntime's QLinearConv and QGemm
+    compute their output scales in C++ ``float``.
+    """
+    product = torch.tensor(input_scale, dtype=torch.float32) * weight_scales.to(torch.float32)
+    return product / torch.tensor(output_scale, dtype=torch.float32)
+
+
+def requantize(acc: torch.Tensor, multiplier: torch.Tensor, qparams: QParams, relu: bool = False) -> torch.Tensor:
+    """Requantize exact integer accumulators the way MlasRequantizeOutput does.
+
+    ``acc`` contains exact integers in any float or integer dtype; ``multiplier``
+    is float32 and broadcasts against it. y = round_half_even(clamp(float32(acc)
+    * multiplier, low - zero_point, qmax - zero_point)) + zero_point, where low
+    is the zero point with a fused ReLU and qmin without.
+    """
+    scaled = acc.to(torch.float32) * multiplier
+    low = max(qparams.qmin, qparams.zero_point) if relu else qparams.qmin
+    scaled = scaled.clamp(low - qparams.zero_point, qparams.qmax - qparams.zero_point)
+    return (torch.round(scaled) + qparams.zero_point).to(qparams.torch_dtype)
+
+
+def qlinear_add(a: torch.Tensor, a_qparams: QParams, b: torch.Tensor, b_qparams: QParams, output: QParams) -> torch.Tensor:
+    """Add two quantized tensors the way onnxruntime 1.32's QLinearAdd does on x86-64.
+
+    The MLAS AVX2 kernel (``XNNFloatMultiply``, its default) computes in
+    float32 with fused multiply-adds: y = fma(a, ratio_a, fma(b, ratio_b,
+    offset)) with ratio = input_scale / output_scale and offset =
+    output_zero_point - (ratio_a * a_zero_point + ratio_b * b_zero_point),
+    then rounds half to even and saturates. A fused multiply-add rounds
+    once; float64 represents each product and sum exactly, so rounding the
+    float64 result to float32 repeats it.
+    """
+    f32 = torch.float32
+    ratio_a = torch.tensor(a_qparams.scale, dtype=f32) / torch.tensor(output.scale, dtype=f32)
+    ratio_b = torch.tensor(b_qparams.scale, dtype=f32) / torch.tensor(output.scale, dtype=f32)
+    zero_part = ratio_a * float(a_qparams.zero_point) + ratio_b * float(b_qparams.zero_point)
+    offset = torch.tensor(float(output.zero_point), dtype=f32) - zero_part
+
+    inner = (b.to(torch.float64) * ratio_b.double() + offset.double()).to(f32)
+    total = (a.to(torch.float64) * ratio_a.double() + inner.double()).to(f32)
+    return torch.round(total).clamp(output.qmin, output.qmax).to(output.torch_dtype)
+
+
+def global_average_multiplier(input_scale: float, output_scale: float, count: int) -> torch.Tensor:
+    """Return float32(input_scale / float32(output_scale * count)), QLinearGlobalAveragePool's scale."""
+    f32 = torch.float32
+    denominator = torch.tensor(output_scale, dtype=f32) * torch.tensor(float(count), dtype=f32)
+    return torch.tensor(input_scale, dtype=f32) / denominator
 
 
 def centered(q: torch.Tensor, qparams: QParams) -> torch.Tensor:

@@ -11,11 +11,16 @@ Each class maps to one ONNX QDQ pattern, given in its docstring with the
 arithmetic written out, so an exporter and a reader can check that
 onnxruntime computes the same numbers. Integer dot products are exact: they
 run in float64, which is exact below 2**53, and construction checks that
-they fit the int32 accumulator. Requantization multiplies by
-``input_scale * weight_scale / output_scale`` in float64, rounds half to
-even and saturates. onnxruntime (QLinearConv, QGemm, QLinearAdd, or the
-float QDQ path) matches these outputs to within one step of the output
-scale, which tests/stages/quant/test_ort_parity.py checks.
+they fit the int32 accumulator. Requantization then repeats onnxruntime
+1.32's CPU kernels step by step in float32 (see stages.quant.arithmetic),
+so the integer outputs equal onnxruntime's (QLinearConv, QGemm,
+QLinearAdd, QLinearGlobalAveragePool) bit for bit;
+tests/stages/quant/test_ort_parity.py checks this.
+
+NOTE: with int8 (symmetric) activations and a fused ReLU, onnxruntime keeps
+the Relu node, so it runs the float QDQ path (a float32 Conv on dequantized
+values) whose float rounding these modules do not repeat; outputs then
+agree to within one step, not bit for bit.
 
 flatten, reshape, view and similar shape operations have no module: the fx
 node runs on the integer tensor directly and its qparams are those of its
@@ -34,10 +39,13 @@ from stages.quant.arithmetic import (
     accumulator_bound,
     centered,
     dequantize,
+    global_average_multiplier,
+    qlinear_add,
     quantize,
     quantize_bias,
     quantize_weight,
-    saturate,
+    requantize,
+    requantize_multiplier,
     to_float32,
     weight_scales,
 )
@@ -112,8 +120,9 @@ class _QuantWeighted(nn.Module):
             when the float module had no bias.
         bias_scale (float32 tensor (out,), buffer): float32(input_scale *
             weight_scale), bias zero point 0.
-        multiplier (float64 tensor (out,), buffer): input_scale *
-            weight_scale / output_scale, in float64 from the float32 values.
+        multiplier (float32 tensor (out,), buffer): float32(float32(
+            input_scale * weight_scale) / output_scale), as onnxruntime
+            computes its output scales.
         input_qparams, output_qparams (QParams).
         relu (bool): a fused ReLU, applied as a clamp at the output zero point.
     """
@@ -138,7 +147,7 @@ class _QuantWeighted(nn.Module):
         self.register_buffer("weight_scale", scales)
         self.register_buffer("bias", quantize_bias(bias, bias_scale))
         self.register_buffer("bias_scale", bias_scale)
-        multiplier = input_qparams.scale * scales.to(torch.float64) / output_qparams.scale
+        multiplier = requantize_multiplier(input_qparams.scale, scales, output_qparams.scale)
         self.register_buffer("multiplier", multiplier)
 
         fan_in = self.weight[0].numel()
@@ -153,7 +162,7 @@ class _QuantWeighted(nn.Module):
         shape = [1] * acc.dim()
         shape[channel_axis] = -1
         acc = acc + self.bias.to(torch.float64).reshape(shape)
-        return saturate(acc * self.multiplier.reshape(shape), self.output_qparams, self.relu)
+        return requantize(acc, self.multiplier.reshape(shape), self.output_qparams, self.relu)
 
 
 class QuantConv2d(_QuantWeighted):
@@ -168,8 +177,10 @@ class QuantConv2d(_QuantWeighted):
 
     Arithmetic, per output channel c:
         acc = sum((x - input_zero_point) * weight[c]) + bias[c]   (exact integers)
-        y = clamp(round_half_even(acc * multiplier[c]) + output_zero_point,
-                  output_zero_point if relu else qmin, qmax)
+        v = clamp(float32(acc) * multiplier[c], low - output_zero_point,
+                  qmax - output_zero_point)                     (float32)
+        y = round_half_even(v) + output_zero_point
+    where low is output_zero_point with relu and qmin without.
 
     ONNX: DequantizeLinear(x) and DequantizeLinear(weight, weight_scale, 0,
     axis=0) and DequantizeLinear(bias, bias_scale, 0, axis=0) -> Conv
@@ -224,8 +235,10 @@ class QuantLinear(_QuantWeighted):
 
     Arithmetic, per output feature c:
         acc = sum((x - input_zero_point) * weight[c]) + bias[c]   (exact integers)
-        y = clamp(round_half_even(acc * multiplier[c]) + output_zero_point,
-                  output_zero_point if relu else qmin, qmax)
+        v = clamp(float32(acc) * multiplier[c], low - output_zero_point,
+                  qmax - output_zero_point)                     (float32)
+        y = round_half_even(v) + output_zero_point
+    where low is output_zero_point with relu and qmin without.
 
     ONNX: DequantizeLinear(x), DequantizeLinear(weight, axis=0),
     DequantizeLinear(bias, bias_scale, 0, axis=0) -> Gemm(transB=1)
@@ -259,10 +272,17 @@ class QuantAdd(nn.Module):
         output_qparams (QParams).
         relu (bool).
 
-    Arithmetic (float64):
-        real = a_scale * (a - a_zero_point) + b_scale * (b - b_zero_point)
-        y = clamp(round_half_even(real / output_scale) + output_zero_point,
-                  output_zero_point if relu else qmin, qmax)
+    Arithmetic of onnxruntime's QLinearAdd (MLAS AVX2 kernel, the default
+    on x86-64), all in float32, with fma a fused multiply-add:
+        ratio_a = a_scale / output_scale, ratio_b = b_scale / output_scale
+        offset = output_zero_point - (ratio_a * a_zero_point + ratio_b * b_zero_point)
+        y = clamp(round_half_even(fma(a, ratio_a, fma(b, ratio_b, offset))), qmin, qmax)
+    The raw q values a and b enter, so the zero points live in ``offset``.
+    A fused ReLU whose output zero point is qmin is this clamp (onnxruntime
+    drops such a Relu). Otherwise onnxruntime keeps the Relu and runs the
+    float path, which this module then repeats:
+        real = float32(a - a_zero_point) * a_scale + float32(b - b_zero_point) * b_scale
+        y = clamp(round_half_even(max(real, 0) / output_scale) + output_zero_point, qmin, qmax)
 
     ONNX: DequantizeLinear(a), DequantizeLinear(b) -> Add [-> Relu] ->
     QuantizeLinear(output_qparams); onnxruntime fuses it into QLinearAdd.
@@ -276,8 +296,10 @@ class QuantAdd(nn.Module):
         self.relu = relu
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        real = self.a_qparams.scale * centered(a, self.a_qparams) + self.b_qparams.scale * centered(b, self.b_qparams)
-        return saturate(real / self.output_qparams.scale, self.output_qparams, self.relu)
+        if self.relu and self.output_qparams.zero_point != self.output_qparams.qmin:
+            real = dequantize(a, self.a_qparams) + dequantize(b, self.b_qparams)
+            return quantize(torch.clamp_min(real, 0.0), self.output_qparams)
+        return qlinear_add(a, self.a_qparams, b, self.b_qparams, self.output_qparams)
 
     def extra_repr(self) -> str:
         return f"relu={self.relu}, {_repr_qparams('output', self.output_qparams)}"
@@ -289,8 +311,9 @@ class QuantReLU(nn.Module):
     Attributes:
         input_qparams, output_qparams (QParams).
 
-    Arithmetic (float64):
-        real = max(input_scale * (x - input_zero_point), 0)
+    Arithmetic (float32, as onnxruntime's DequantizeLinear, Relu and
+    QuantizeLinear kernels compute it):
+        real = max(float32(x - input_zero_point) * input_scale, 0)
         y = clamp(round_half_even(real / output_scale) + output_zero_point, qmin, qmax)
     With equal input and output qparams this is max(x, zero_point).
 
@@ -303,8 +326,8 @@ class QuantReLU(nn.Module):
         self.output_qparams = output_qparams
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        real = torch.clamp_min(self.input_qparams.scale * centered(x, self.input_qparams), 0.0)
-        return saturate(real / self.output_qparams.scale, self.output_qparams)
+        real = torch.clamp_min(dequantize(x, self.input_qparams), 0.0)
+        return quantize(real, self.output_qparams)
 
     def extra_repr(self) -> str:
         return _repr_qparams("output", self.output_qparams)
@@ -350,11 +373,14 @@ class QuantAvgPool2d(nn.Module):
         count_include_pad (bool).
         input_qparams, output_qparams (QParams).
 
-    Arithmetic (float64):
-        real = input_scale * avg_pool2d(x - input_zero_point)   (padding is real zero)
+    Arithmetic (float32, the float QDQ path):
+        real = avg_pool2d(float32(x - input_zero_point) * input_scale)   (padding is real zero)
         y = clamp(round_half_even(real / output_scale) + output_zero_point, qmin, qmax)
 
     ONNX: DequantizeLinear(x) -> AveragePool -> QuantizeLinear(output_qparams).
+
+    NOTE: the float32 sum runs in PyTorch's order, so an output that lands
+    on a rounding tie can differ from onnxruntime's by one step.
     """
 
     def __init__(self, pool: nn.AvgPool2d, input_qparams: QParams, output_qparams: QParams) -> None:
@@ -371,14 +397,14 @@ class QuantAvgPool2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = F.avg_pool2d(
-            centered(x, self.input_qparams),
+            dequantize(x, self.input_qparams),
             self.kernel_size,
             self.stride,
             self.padding,
             self.ceil_mode,
             self.count_include_pad,
         )
-        return saturate(mean * (self.input_qparams.scale / self.output_qparams.scale), self.output_qparams)
+        return quantize(mean, self.output_qparams)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -391,9 +417,13 @@ class QuantAdaptiveAvgPool2d(nn.Module):
         output_size (tuple of two ints).
         input_qparams, output_qparams (QParams).
 
-    Arithmetic (float64):
-        real = input_scale * adaptive_avg_pool2d(x - input_zero_point)
-        y = clamp(round_half_even(real / output_scale) + output_zero_point, qmin, qmax)
+    Arithmetic with output size (1, 1), as onnxruntime's
+    QLinearGlobalAveragePool computes it for n = H * W inputs per channel:
+        acc = sum(x) - n * input_zero_point                    (exact integers)
+        multiplier = float32(input_scale / float32(output_scale * n))
+        y = round_half_even(clamp(float32(acc) * multiplier, qmin - zp, qmax - zp)) + zp
+    Other output sizes take the float path: quantize(adaptive_avg_pool2d(
+    dequantize(x))) in float32.
 
     ONNX: DequantizeLinear(x) -> GlobalAveragePool (output_size (1, 1)), or
     AveragePool when the input size is a multiple of the output size ->
@@ -408,8 +438,13 @@ class QuantAdaptiveAvgPool2d(nn.Module):
         self.output_qparams = output_qparams
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = F.adaptive_avg_pool2d(centered(x, self.input_qparams), self.output_size)
-        return saturate(mean * (self.input_qparams.scale / self.output_qparams.scale), self.output_qparams)
+        if self.output_size == (1, 1):
+            count = x.shape[-1] * x.shape[-2]
+            acc = centered(x, self.input_qparams).sum(dim=(-2, -1), keepdim=True)
+            multiplier = global_average_multiplier(self.input_qparams.scale, self.output_qparams.scale, count)
+            return requantize(acc, multiplier, self.output_qparams)
+        mean = F.adaptive_avg_pool2d(dequantize(x, self.input_qparams), self.output_size)
+        return quantize(mean, self.output_qparams)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"

@@ -68,3 +68,36 @@ def conv2d_int(
                 patch = x_group[:, :, y0:y0 + stride[0] * (out_h - 1) + 1:stride[0], x0:x0 + stride[1] * (out_w - 1) + 1:stride[1]]
                 out[:, g * group_out:(g + 1) * group_out] += np.einsum("nchw,oc->nohw", patch, w_group[:, :, ky, kx])
     return out + bias.astype(np.int64).reshape(1, -1, 1, 1)
+
+
+def mlas_multiplier(input_scale: float, weight_scale: np.ndarray | float, output_scale: float) -> np.ndarray:
+    """float32(float32(input_scale * weight_scale) / output_scale), as QLinearConv and QGemm compute it."""
+    product = np.float32(input_scale) * np.asarray(weight_scale, dtype=np.float32)
+    return (product / np.float32(output_scale)).astype(np.float32)
+
+
+def mlas_requantize(acc: np.ndarray, multiplier: np.ndarray | np.float32, zero_point: int, dtype: str, relu: bool) -> np.ndarray:
+    """MlasRequantizeOutput: float32(acc) * multiplier in float32, clamp, round half to even, add zero point."""
+    qmin, qmax = RANGES[dtype]
+    low = max(qmin, zero_point) if relu else qmin
+    scaled = acc.astype(np.float32) * np.asarray(multiplier, dtype=np.float32)
+    scaled = np.clip(scaled, np.float32(low - zero_point), np.float32(qmax - zero_point))
+    return np.rint(scaled).astype(np.int64) + zero_point
+
+
+def mlas_add(a: np.ndarray, a_scale: float, a_zero: int, b: np.ndarray, b_scale: float, b_zero: int,
+             out_scale: float, out_zero: int, dtype: str) -> np.ndarray:
+    """QLinearAdd of onnxruntime's AVX2 kernel: two float32 fused multiply-adds on the raw q values."""
+    qmin, qmax = RANGES[dtype]
+    ratio_a = np.float32(a_scale) / np.float32(out_scale)
+    ratio_b = np.float32(b_scale) / np.float32(out_scale)
+    offset = np.float32(out_zero) - (np.float32(ratio_a * np.float32(a_zero)) + np.float32(ratio_b * np.float32(b_zero)))
+    # A fused multiply-add rounds once: the float64 product and sum are exact here.
+    inner = (b.astype(np.float64) * np.float64(ratio_b) + np.float64(offset)).astype(np.float32)
+    total = (a.astype(np.float64) * np.float64(ratio_a) + inner.astype(np.float64)).astype(np.float32)
+    return np.clip(np.rint(total), qmin, qmax).astype(np.int64)
+
+
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """float32(q - zero_point) * float32(scale), as DequantizeLinear computes it."""
+    return (q.astype(np.int64) - zero_point).astype(np.float32) * np.float32(scale)

@@ -65,8 +65,8 @@ def test_conv_matches_numpy(case: tuple, qparams: tuple[QParams, QParams]) -> No
         module.dilation,
         groups,
     )
-    multiplier = input_qparams.scale * weight_scale.astype(np.float64) / output_qparams.scale
-    expected = ref.requantize(acc, multiplier.reshape(1, -1, 1, 1), output_qparams.zero_point, output_qparams.dtype, relu)
+    multiplier = ref.mlas_multiplier(input_qparams.scale, weight_scale, output_qparams.scale)
+    expected = ref.mlas_requantize(acc, multiplier.reshape(1, -1, 1, 1), output_qparams.zero_point, output_qparams.dtype, relu)
 
     actual = module(x)
     assert actual.dtype == output_qparams.torch_dtype
@@ -108,8 +108,8 @@ def test_linear_matches_numpy(relu: bool) -> None:
     bias_scale = (np.float32(UINT8_IN.scale) * weight_scale).astype(np.float64)
     bias_q = np.rint(linear.bias.detach().numpy().astype(np.float64) / bias_scale).astype(np.int64)
     acc = (x.numpy().astype(np.int64) - UINT8_IN.zero_point) @ weight_q.T + bias_q
-    multiplier = UINT8_IN.scale * weight_scale.astype(np.float64) / UINT8_OUT.scale
-    expected = ref.requantize(acc, multiplier, UINT8_OUT.zero_point, "uint8", relu)
+    multiplier = ref.mlas_multiplier(UINT8_IN.scale, weight_scale, UINT8_OUT.scale)
+    expected = ref.mlas_requantize(acc, multiplier, UINT8_OUT.zero_point, "uint8", relu)
 
     assert np.array_equal(module(x).numpy().astype(np.int64), expected)
 
@@ -130,17 +130,31 @@ def test_add_matches_numpy(relu: bool) -> None:
     a = _random_q((2, 3, 4, 4), a_qparams, seed=7)
     b = _random_q((2, 3, 4, 4), b_qparams, seed=8)
 
-    real = a_qparams.scale * (a.numpy().astype(np.float64) - 130) + b_qparams.scale * (b.numpy().astype(np.float64) - 90)
-    expected = ref.requantize(real, 1.0 / UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8", relu)
+    expected = ref.mlas_add(a.numpy(), a_qparams.scale, 130, b.numpy(), b_qparams.scale, 90, UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8")
+    if relu:
+        # The output zero point is not 0, so onnxruntime keeps the Relu and runs the float path.
+        real = np.maximum(ref.dequantize(a.numpy(), a_qparams.scale, 130) + ref.dequantize(b.numpy(), b_qparams.scale, 90), 0)
+        expected = ref.quantize(real, UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8")
 
     assert np.array_equal(module(a, b).numpy().astype(np.int64), expected)
+
+
+def test_add_relu_with_zero_point_zero_clamps() -> None:
+    output = QParams(ref.f32(0.05), 0, "uint8")
+    module = QuantAdd(UINT8_IN, UINT8_OUT, output, relu=True)
+    a = _random_q((2, 3, 9, 9), UINT8_IN, seed=17)
+    b = _random_q((2, 3, 9, 9), UINT8_OUT, seed=18)
+    expected = ref.mlas_add(a.numpy(), UINT8_IN.scale, UINT8_IN.zero_point, b.numpy(), UINT8_OUT.scale, UINT8_OUT.zero_point, output.scale, 0, "uint8")
+    actual = module(a, b).numpy().astype(np.int64)
+    assert np.array_equal(actual, expected)
+    assert actual.min() == 0
 
 
 def test_relu_requantizes_to_output_qparams() -> None:
     module = QuantReLU(UINT8_IN, UINT8_OUT)
     x = _random_q((3, 50), UINT8_IN, seed=9)
-    real = np.maximum(UINT8_IN.scale * (x.numpy().astype(np.float64) - UINT8_IN.zero_point), 0.0)
-    expected = ref.requantize(real, 1.0 / UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8", False)
+    real = np.maximum(ref.dequantize(x.numpy(), UINT8_IN.scale, UINT8_IN.zero_point), 0.0)
+    expected = ref.quantize(real, UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8")
     assert np.array_equal(module(x).numpy().astype(np.int64), expected)
 
 
@@ -167,9 +181,9 @@ def test_maxpool_padding_is_never_selected() -> None:
 def test_avgpool_matches_numpy() -> None:
     x = _random_q((2, 3, 6, 6), UINT8_IN, seed=12)
     module = QuantAvgPool2d(nn.AvgPool2d(2, 2), UINT8_IN, UINT8_OUT)
-    centered = x.numpy().astype(np.float64) - UINT8_IN.zero_point
-    mean = centered.reshape(2, 3, 3, 2, 3, 2).mean(axis=(3, 5))
-    expected = ref.requantize(UINT8_IN.scale * mean, 1.0 / UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8", False)
+    real = ref.dequantize(x.numpy(), UINT8_IN.scale, UINT8_IN.zero_point)
+    mean = real.reshape(2, 3, 3, 2, 3, 2).mean(axis=(3, 5), dtype=np.float32)
+    expected = ref.quantize(mean, UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8")
     assert np.array_equal(module(x).numpy().astype(np.int64), expected)
 
 
@@ -183,8 +197,9 @@ def test_avgpool_padding_counts_as_real_zero() -> None:
 def test_adaptive_avgpool_matches_numpy() -> None:
     x = _random_q((2, 4, 5, 5), UINT8_IN, seed=13)
     module = QuantAdaptiveAvgPool2d((1, 1), UINT8_IN, UINT8_OUT)
-    mean = (x.numpy().astype(np.float64) - UINT8_IN.zero_point).mean(axis=(2, 3), keepdims=True)
-    expected = ref.requantize(UINT8_IN.scale * mean, 1.0 / UINT8_OUT.scale, UINT8_OUT.zero_point, "uint8", False)
+    acc = (x.numpy().astype(np.int64) - UINT8_IN.zero_point).sum(axis=(2, 3), keepdims=True)
+    multiplier = np.float32(UINT8_IN.scale) / (np.float32(UINT8_OUT.scale) * np.float32(25))
+    expected = ref.mlas_requantize(acc, multiplier, UINT8_OUT.zero_point, "uint8", False)
     assert np.array_equal(module(x).numpy().astype(np.int64), expected)
 
 
