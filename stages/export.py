@@ -2,7 +2,10 @@
 
 ``format: onnx`` runs our fx-to-ONNX emitter and compares onnxruntime with
 the PyTorch model (the fp32 model for ``precision: fp32``, the int8 model
-for ``precision: int8``). Caffe export is not implemented yet.
+for ``precision: int8``). ``format: caffe`` runs our fx-to-Caffe emitter on
+the fp32 model, compares pycaffe (in a subprocess) with PyTorch, and writes a
+calibration table for int8 deployment when a calibrate stage is among the
+stage's ancestors.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pipeline.errors import StageError
 class Export(Stage):
     kind = "export"
     version = 1
-    sources = ("export.py", "onnx")
+    sources = ("export.py", "onnx", "caffe")
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
+        if params.get("format") == "caffe":
+            return (Input("model", "fp32_model"), Input("calibration", "calibration", optional=True))
         artifact = "int8_model" if params.get("precision") == "int8" else "fp32_model"
         return (Input("model", artifact),)
 
@@ -28,6 +33,8 @@ class Export(Stage):
         return (Output("export", "export"),)
 
     def packages(self, params: Mapping[str, Any]) -> tuple[str, ...]:
+        if params.get("format") == "caffe":
+            return ("torch", "brocolli-caffe", "protobuf")
         return ("torch", "onnx", "onnxruntime")
 
     def config(self, params: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
@@ -45,9 +52,7 @@ class Export(Stage):
     def run(self, ctx: StageContext) -> StageResult:
         params = ctx.params
         if params["format"] == "caffe":
-            raise StageError(
-                f"stage '{ctx.stage_name}': Caffe export is not available yet; use format: onnx"
-            )
+            return _run_caffe(ctx)
 
         from stages.onnx.exporter import CONTRACT_FILE, MODEL_FILE, ExportRequest, export_onnx
 
@@ -83,6 +88,10 @@ class Export(Stage):
         metrics = record.get("metrics", {})
         if not metrics:
             return ""
+        if metrics.get("format") == "caffe":
+            from stages.caffe.report import report_section
+
+            return report_section(name, metrics)
         verdict = "passed" if metrics.get("passed") else "failed"
         lines = [
             f"## Export: {name}",
@@ -98,3 +107,40 @@ class Export(Stage):
                 f"int8 kernels: {metrics.get('int8_kernels', '?')}."
             )
         return "\n".join(lines) + "\n"
+
+
+def _run_caffe(ctx: StageContext) -> StageResult:
+    """Export the fp32 model to Caffe; see stages/caffe/exporter.py."""
+    params = ctx.params
+    if params["precision"] != "fp32":
+        raise StageError(
+            f"stage '{ctx.stage_name}': format caffe exports the fp32 model (precision: {params['precision']} given); "
+            f"set precision: fp32 and place the stage after calibrate for an int8 calibration table"
+        )
+    from stages.caffe.exporter import CALIBRATION_FILE, CONTRACT_FILE, MODEL_FILE, PROTOTXT_FILE, CaffeExportRequest, export_caffe
+
+    file_name = params.get("file_name") or ctx.stage_name
+    published = ctx.output_dir / f"{file_name}.caffemodel"
+    calibration = ctx.inputs.get("calibration")
+    request = CaffeExportRequest(
+        stage_name=ctx.stage_name,
+        model_dir=Path(ctx.inputs["model"]),
+        output_dir=ctx.outputs["export"],
+        root=ctx.root,
+        samples=params["samples"],
+        max_rel_diff=params["max_rel_diff"],
+        fold_batchnorm=params["fold_batchnorm"],
+        published_path=Path(os.path.relpath(published, ctx.root)).as_posix(),
+        dataset_name=params.get("data"),
+        dataset_spec=ctx.config.get("data"),
+        calibration_dir=Path(calibration) if calibration else None,
+    )
+    metrics, message = export_caffe(request)
+    publish = {
+        f"{file_name}.prototxt": f"export/{PROTOTXT_FILE}",
+        f"{file_name}.caffemodel": f"export/{MODEL_FILE}",
+        f"{file_name}.json": f"export/{CONTRACT_FILE}",
+    }
+    if calibration:
+        publish[f"{file_name}.calibration.json"] = f"export/{CALIBRATION_FILE}"
+    return StageResult(metrics=metrics, publish=publish, message=message)

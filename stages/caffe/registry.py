@@ -1,0 +1,90 @@
+"""Lookup tables from fx node targets to the functions that emit Caffe layers for them.
+
+A handler takes the net under construction and one fx node (plus the called
+module for ``call_module`` nodes), appends layers and binds the fx node's
+value to a blob. The op-family modules register their handlers with the
+decorators below when they are imported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+    import torch.fx
+
+    from stages.caffe.emitter import CaffeGraph
+
+Handler = Callable[["CaffeGraph", "torch.fx.Node", Any], None]
+
+MODULE_HANDLERS: dict[type, Handler] = {}
+FUNCTION_HANDLERS: dict[Any, Handler] = {}
+METHOD_HANDLERS: dict[str, Handler] = {}
+
+# Ops without a Caffe layer in this build, and what to use instead.
+KNOWN_ALTERNATIVES: dict[str, str] = {
+    "GELU": "the build has no GELU or Erf layer; use ReLU, SiLU or Hardswish",
+    "Hardtanh": "the build has no Clip layer; Hardtanh(0, 6) is ReLU6, use nn.ReLU6",
+    "clamp": "the build has no Clip layer; clamp(0, 6) is ReLU6, use nn.ReLU6 or F.relu6",
+    "clip": "the build has no Clip layer; clamp(0, 6) is ReLU6, use nn.ReLU6 or F.relu6",
+    "Mish": "the build has no Mish or Softplus layer; use SiLU or Hardswish",
+    "LayerNorm": "the build has no LayerNorm; use BatchNorm2d",
+    "GroupNorm": "the build has no GroupNorm; use BatchNorm2d",
+}
+
+
+def register_module(*classes: type) -> Callable[[Handler], Handler]:
+    """Register a handler for ``call_module`` nodes of these module classes."""
+
+    def decorate(handler: Handler) -> Handler:
+        for cls in classes:
+            MODULE_HANDLERS[cls] = handler
+        return handler
+
+    return decorate
+
+
+def register_function(*targets: Any) -> Callable[[Handler], Handler]:
+    """Register a handler for ``call_function`` nodes with these targets."""
+
+    def decorate(handler: Handler) -> Handler:
+        for target in targets:
+            FUNCTION_HANDLERS[target] = handler
+        return handler
+
+    return decorate
+
+
+def register_method(*names: str) -> Callable[[Handler], Handler]:
+    """Register a handler for ``call_method`` nodes with these method names."""
+
+    def decorate(handler: Handler) -> Handler:
+        for name in names:
+            METHOD_HANDLERS[name] = handler
+        return handler
+
+    return decorate
+
+
+def module_handler(module: "torch.nn.Module") -> Handler | None:
+    """Return the handler of the module's class or of its nearest registered base class."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_HANDLERS:
+            return MODULE_HANDLERS[cls]
+    return None
+
+
+def alternatives(node_op: str, op: str) -> str:
+    """Say what to use instead of an unsupported op, and list the supported ones of its kind."""
+    short = op.rsplit(".", 1)[-1]
+    specific = KNOWN_ALTERNATIVES.get(short)
+    if node_op == "call_module":
+        names = sorted({cls.__name__ for cls in MODULE_HANDLERS})
+        listing = f"supported modules: {', '.join(names)}"
+    elif node_op == "call_function":
+        names = sorted({getattr(target, "__name__", str(target)) for target in FUNCTION_HANDLERS})
+        listing = f"supported functions: {', '.join(names)}"
+    else:
+        listing = f"supported Tensor methods: {', '.join(sorted(METHOD_HANDLERS))}"
+    return f"{specific}; {listing}" if specific else f"replace it with one of the supported ops ({listing})"
