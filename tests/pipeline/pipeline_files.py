@@ -31,7 +31,7 @@ model:
 data:
   rand:
     source: random
-    kwargs: {shape: [1, 8, 8]}
+    kwargs: {shape: [16, 1, 8, 8]}
     limit: 16
     batch_size: 8
 """
