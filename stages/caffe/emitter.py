@@ -204,7 +204,8 @@ def blob_bytes(array: np.ndarray | torch.Tensor) -> bytes:
     """
     if isinstance(array, torch.Tensor):
         array = array.detach().cpu().numpy()
-    data = np.ascontiguousarray(array, dtype="<f4")
+    # asarray, not ascontiguousarray, which turns a 0-d array into a 1-d one.
+    data = np.asarray(array, dtype="<f4", order="C")
     dims = b"".join(_varint(int(dim)) for dim in data.shape)
     shape = b"\x0a" + _varint(len(dims)) + dims if data.shape else b""
     payload = data.tobytes()

@@ -55,8 +55,9 @@ def emit_hardtanh(graph: CaffeGraph, node: torch.fx.Node, module: nn.Hardtanh | 
 
 @register_module(nn.PReLU)
 def emit_prelu(graph: CaffeGraph, node: torch.fx.Node, module: nn.PReLU) -> None:
-    slopes = module.weight.detach().reshape(-1)
     shared = module.num_parameters == 1
+    # A shared slope is a blob without axes in Caffe; one slope per channel is a vector.
+    slopes = module.weight.detach().reshape(() if shared else (-1,))
     graph.emit("PReLU", node, [graph.bottom(node.args[0])], [slopes], prelu_param={"channel_shared": shared})
 
 

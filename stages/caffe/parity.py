@@ -33,8 +33,9 @@ from stages.caffe.runner import EXIT_NO_CAFFE
 # Seconds one Caffe subprocess may take (loading VGG's half-gigabyte caffemodel included).
 RUN_TIMEOUT_S = 600
 PROBE_TIMEOUT_S = 120
-# glog's fatal lines look like "F1204 20:51:02.123 123 net.cpp:84] Check failed: ...".
-_GLOG_FATAL = re.compile(r"^F\d{4} ")
+# glog's fatal lines look like "F20261204 20:51:02.123 123 net.cpp:84] Check failed: ..."
+# (older glog writes the date without the year).
+_GLOG_FATAL = re.compile(r"^F(\d{4}){1,2} ")
 
 
 class CaffeCrash(Exception):
