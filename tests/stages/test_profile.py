@@ -154,3 +154,69 @@ def test_profile_without_exports(tmp_path: Path) -> None:
     assert "size_fp32_bytes" not in result.metrics
     assert "speedup" not in result.measurements
     assert result.measurements["torch_int8_ms"] > 0
+
+
+TINY_MODEL = '''
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+'''
+
+TINY_PIPELINE = """
+version: 1
+name: tiny
+model:
+  source: tiny_model:build
+  input_shape: [1, 1, 8, 8]
+data:
+  rand:
+    source: random
+    kwargs: {shape: [32, 1, 8, 8]}
+    batch_size: 8
+output: out
+stages:
+  - {name: trace, kind: trace}
+  - {name: qconfig, kind: prepare-qconfig}
+  - {name: observe, kind: insert-observers}
+  - {name: calibrate, kind: calibrate, data: rand}
+  - {name: convert, kind: convert}
+  - {name: evaluate, kind: evaluate, data: rand, max_top1_drop: 100}
+  - {name: onnx_fp32, kind: export, needs: [trace], format: onnx, precision: fp32, data: rand}
+  - {name: onnx_int8, kind: export, needs: [evaluate], format: onnx, precision: int8, data: rand, min_within_one_step_pct: 0}
+  - {name: profile, kind: profile, needs: [onnx_fp32, onnx_int8], repeats: 5, warmup: 1, memory: false}
+"""
+
+
+@pytest.mark.slow
+def test_report_has_every_section(tmp_path: Path) -> None:
+    import pipeline
+    from pipeline.show import headline_lines, show_data
+
+    (tmp_path / "tiny_model.py").write_text(TINY_MODEL)
+    (tmp_path / "tiny.yaml").write_text(TINY_PIPELINE)
+    result = pipeline.run(tmp_path / "tiny.yaml")
+    assert result["exit_code"] == 0, result.get("error")
+
+    report = (tmp_path / "out" / "report.md").read_text()
+    lines = report.splitlines()
+    assert lines[0] == "# tiny"
+    first_section = next(index for index, line in enumerate(lines) if line.startswith("## "))
+    assert lines[first_section - 1] == ""
+    assert lines[first_section - 2].startswith("Pipeline file:")
+    # Sections follow the pipeline order.
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings == ["## Accuracy: evaluate", "## Export: onnx_fp32", "## Export: onnx_int8", "## Size and speed: profile"]
+    assert "Parity with PyTorch in onnxruntime passed" in report
+    assert "| onnxruntime | int8 |" in report
+
+    # `pipe show` leads with the same run's headline numbers.
+    data = show_data(tmp_path / "tiny.yaml", None)
+    profile = result["measurements"]["profile"]
+    assert data["headline"]["profile"]["latency_int8_ms"] == profile["latency_int8_ms"]
+    assert data["headline"]["evaluate"]["top1_agreement"] == result["metrics"]["evaluate"]["top1_agreement"]
+    assert data["headline"]["exports"] == {"onnx_fp32": True, "onnx_int8": True}
+    shown = headline_lines(data["headline"])
+    assert any(line.startswith("ONNX size: fp32") for line in shown)
+    assert any(line.startswith("onnxruntime latency: fp32") for line in shown)
