@@ -74,14 +74,14 @@ class Export(Stage):
             dataset_spec=ctx.config.get("data"),
         )
         metrics, message = export_onnx(request)
-        return StageResult(
-            metrics=metrics,
-            publish={
-                f"{file_name}.onnx": f"export/{MODEL_FILE}",
-                f"{file_name}.json": f"export/{CONTRACT_FILE}",
-            },
-            message=message,
-        )
+        publish = {
+            f"{file_name}.onnx": f"export/{MODEL_FILE}",
+            f"{file_name}.json": f"export/{CONTRACT_FILE}",
+        }
+        if metrics.get("external_data"):
+            # The model names its data file by the published name, so both keep it.
+            publish[metrics["external_data"]] = f"export/{metrics['external_data']}"
+        return StageResult(metrics=metrics, publish=publish, message=message)
 
     def report(self, name: str, record: Mapping[str, Any]) -> str:
         """Return the export's file and its onnxruntime parity result."""

@@ -76,6 +76,10 @@ class OnnxGraph:
     values: dict[str, str] = field(default_factory=dict)
     # fx node name -> Python value of a node that is not a tensor.
     constants: dict[str, Any] = field(default_factory=dict)
+    # fx node name -> ONNX tensor names of a node whose value is a tuple (None: not a tensor).
+    sequences: dict[str, list[str | None]] = field(default_factory=dict)
+    # Helper tensors computed once per graph (the run-time batch size).
+    shared: dict[str, str] = field(default_factory=dict)
     # fx node name -> name of the ONNX node that computes its value.
     producers: dict[str, str] = field(default_factory=dict)
     # Tensor names and node names are separate namespaces in ONNX.
@@ -121,6 +125,29 @@ class OnnxGraph:
         """Emit one ONNX node that computes the fx node's value under the fx node's name."""
         onnx_node = self.add_node(op_type, inputs, [node.name], node.name, **attributes)
         self.bind(node, node.name, onnx_node.name)
+
+    def step(self, op_type: str, inputs: Sequence[str], name: str, **attributes: Any) -> str:
+        """Emit a helper node with one output named after ``name``; return the output's name."""
+        output = self.unique_name(name)
+        self.add_node(op_type, inputs, [output], output, **attributes)
+        return output
+
+    def batch_size(self) -> str:
+        """Return a 1-D int64 tensor holding the batch size of the first graph input.
+
+        With a fixed batch it is a constant; with ``dynamic_batch`` it is read
+        from the input's shape at run time.
+        """
+        source = self.inputs[0].name
+        if not self.dynamic_batch:
+            dims = self.inputs[0].type.tensor_type.shape.dim
+            return self.add_constant("batch_size", [int(dims[0].dim_value)], np.int64)
+        if "batch_size" not in self.shared:
+            shape = self.step("Shape", [source], "input_shape")
+            starts = self.add_constant("batch_size/starts", [0], np.int64)
+            ends = self.add_constant("batch_size/ends", [1], np.int64)
+            self.shared["batch_size"] = self.step("Slice", [shape, starts, ends], "batch_size")
+        return self.shared["batch_size"]
 
     # -- reading fx arguments --------------------------------------------
 
@@ -197,7 +224,19 @@ def export_graph_module(
     Raises:
         EmitError: a node has no ONNX mapping; the message names the node.
     """
-    from stages.onnx import ops_activation, ops_conv, ops_elementwise, ops_linear, ops_pool, ops_quant, ops_shape  # noqa: F401
+    from stages.onnx import (  # noqa: F401
+        ops_activation,
+        ops_attention,
+        ops_conv,
+        ops_elementwise,
+        ops_linear,
+        ops_norm,
+        ops_pool,
+        ops_quant,
+        ops_quant_elementwise,
+        ops_resize,
+        ops_shape,
+    )
 
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise EmitError(f"ONNX export: opset {opset} is not supported, expected {MIN_OPSET} to {MAX_OPSET}")
@@ -248,7 +287,7 @@ def _emit_node(graph: OnnxGraph, node: torch.fx.Node) -> None:
         )
     module = graph.module(node) if node.op == "call_module" else None
     handler(graph, node, module)
-    if node.name not in graph.values and node.name not in graph.constants:
+    if node.name not in graph.values and node.name not in graph.constants and node.name not in graph.sequences:
         raise EmitError(f"ONNX export: the mapping of node '{node.name}' bound no output")
 
 

@@ -1,16 +1,19 @@
 """Export a model artifact to ONNX and gate it on parity with onnxruntime.
 
 The export stage calls :func:`export_onnx`; it loads the GraphModule, emits
-and checks the ONNX model, compares onnxruntime with the GraphModule on data
-set inputs (or seeded random inputs), and writes ``model.onnx`` and
-``input_contract.json`` only when the parity gate passes.
+the ONNX model with its input contract in ``metadata_props``, writes it
+(with an external data file when the proto would pass 2 GB), checks it,
+compares onnxruntime with the GraphModule on data set inputs (or seeded
+random inputs), and keeps ``model.onnx`` and ``input_contract.json`` only
+when the parity gate passes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,12 +26,22 @@ from pipeline.errors import StageError, StageFailed
 from stages.artifacts import load_meta, load_model, write_json
 from stages.onnx.contract import build_input_contract
 from stages.onnx.emitter import EmitError, export_graph_module
-from stages.onnx.parity import chunk_inputs, compare_outputs, count_int8_kernels, create_session, find_divergence
+from stages.onnx.parity import (
+    chunk_inputs,
+    compare_outputs,
+    count_int8_kernels,
+    create_session,
+    find_divergence,
+    float_compute_nodes,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
 CONTRACT_FILE = "input_contract.json"
+CONTRACT_METADATA_KEY = "input_contract"
+# protobuf's limit on one serialized message (2 GB).
+PROTO_SIZE_LIMIT = 2**31 - 1
 # Seeds of the example input for the shape pass and of random parity inputs.
 EXAMPLE_SEED = 0
 RANDOM_INPUT_SEED = 1
@@ -51,6 +64,8 @@ class ExportRequest:
     published_path: str
     dataset_name: str | None = None
     dataset_spec: Mapping[str, Any] | None = None
+    # Serialized size above which weights go to an external data file.
+    external_data_threshold: int = PROTO_SIZE_LIMIT
 
 
 def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
@@ -58,7 +73,7 @@ def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
 
     Raises:
         StageError: the model cannot be exported or the inputs do not fit.
-        StageFailed: the parity gate failed; nothing is written.
+        StageFailed: the parity gate failed; nothing is kept.
     """
     graph_module = load_model(request.model_dir, request.root)
     input_shape = list(load_meta(request.model_dir)["input_shape"])
@@ -68,15 +83,63 @@ def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
         model = export_graph_module(graph_module, example, request.opset, request.dynamic_batch, request.stage_name)
     except EmitError as exc:
         raise StageError(f"stage '{request.stage_name}': {exc}") from exc
+    contract = build_input_contract(model, request.precision, request.dataset_spec)
+    attach_contract(model, contract)
+
+    model_path = request.output_dir / MODEL_FILE
+    data_name = f"{PurePosixPath(request.published_path).name}.data"
+    external = save_onnx(model, model_path, data_name, request.external_data_threshold)
     try:
-        onnx.checker.check_model(model, full_check=True)
+        metrics, message = _check_and_compare(request, graph_module, model, model_path, input_shape)
+    except Exception:
+        model_path.unlink(missing_ok=True)
+        if external is not None:
+            (request.output_dir / external).unlink(missing_ok=True)
+        raise
+    if external is not None:
+        metrics["external_data"] = external
+    write_json(request.output_dir / CONTRACT_FILE, contract)
+    return metrics, message
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, data_name: str, threshold: int = PROTO_SIZE_LIMIT) -> str | None:
+    """Write the model; return the external data file's name, or None when it fits one proto.
+
+    A protobuf message cannot exceed 2 GB, so above ``threshold`` bytes every
+    initializer goes to ``data_name`` beside the model file.
+    """
+    if model.ByteSize() <= threshold:
+        onnx.save_model(model, str(path))
+        return None
+    (path.parent / data_name).unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=0)
+    log.info("saved %s with external data %s (%d bytes > %d)", path.name, data_name, model.ByteSize(), threshold)
+    return data_name
+
+
+def attach_contract(model: onnx.ModelProto, contract: Mapping[str, Any]) -> None:
+    """Store the input contract as JSON in the model's metadata_props (key ``input_contract``)."""
+    entry = model.metadata_props.add()
+    entry.key = CONTRACT_METADATA_KEY
+    entry.value = json.dumps(contract, sort_keys=True)
+
+
+def _check_and_compare(
+    request: ExportRequest,
+    graph_module: torch.fx.GraphModule,
+    model: onnx.ModelProto,
+    model_path: Path,
+    input_shape: list[int],
+) -> tuple[dict[str, Any], str]:
+    try:
+        onnx.checker.check_model(str(model_path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         detail = " ".join(str(exc).split())
         raise StageError(f"stage '{request.stage_name}': the emitted ONNX model is invalid: {detail}") from exc
 
     inputs = _parity_inputs(request, input_shape)
     batches = chunk_inputs(inputs, None if request.dynamic_batch else input_shape[0])
-    session = create_session(model)
+    session = create_session(model_path)
     output_steps = output_quantization_steps(graph_module) if request.precision == "int8" else None
     comparison = compare_outputs(session, graph_module, batches, output_steps)
 
@@ -90,13 +153,15 @@ def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
         "max_rel_diff": comparison.max_rel_diff,
     }
     if request.precision == "int8":
-        int8_kernels, _ = count_int8_kernels(model, request.output_dir)
+        int8_kernels, histogram = count_int8_kernels(model_path, request.output_dir)
         metrics["int8_kernels"] = int8_kernels
+        metrics["float_compute_nodes"] = float_compute_nodes(histogram)
         metrics["within_one_step_pct"] = comparison.within_one_step_pct
 
     passed, verdict = _gate(request, comparison.max_rel_diff, comparison.within_one_step_pct)
     metrics["passed"] = passed
     if not passed:
+        # NOTE: the divergence search copies the proto, so it needs a model under 2 GB.
         divergence = find_divergence(
             model,
             graph_module,
@@ -106,10 +171,6 @@ def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
         )
         where = divergence.describe() if divergence is not None else "no intermediate tensor matches an fx node"
         raise StageFailed(f"accuracy test failed: {verdict}; {where}", metrics)
-
-    onnx.save(model, str(request.output_dir / MODEL_FILE))
-    contract = build_input_contract(model, request.precision, request.dataset_spec)
-    write_json(request.output_dir / CONTRACT_FILE, contract)
     return metrics, f"accuracy test passed: {verdict}"
 
 

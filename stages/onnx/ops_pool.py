@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -104,9 +105,12 @@ def _adaptive_pool(graph: OnnxGraph, node: torch.fx.Node, global_op: str, window
         return
 
     if any(size_in % size_out for size_in, size_out in zip(spatial_in, spatial_out)):
+        if window_op == "AveragePool" and len(spatial_in) <= 2:
+            emit_adaptive_avg_matmul(graph, node, source, spatial_in, spatial_out)
+            return
         raise EmitError(
             f"ONNX export: node '{node.name}': adaptive pooling from {spatial_in} to {spatial_out} has uneven windows; "
-            f"only output sizes that divide the input size map to ONNX"
+            f"ONNX maps uneven windows for 1-d and 2-d average pooling only"
         )
     window = [size_in // size_out for size_in, size_out in zip(spatial_in, spatial_out)]
     graph.emit(window_op, node, [source], kernel_shape=window, strides=window)
@@ -122,3 +126,37 @@ def emit_adaptive_avg_pool(graph: OnnxGraph, node: torch.fx.Node, module: nn.Mod
 @register_function(F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)
 def emit_adaptive_max_pool(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
     _adaptive_pool(graph, node, "GlobalMaxPool", "MaxPool")
+
+
+def adaptive_pooling_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """Return the (size_out, size_in) matrix of PyTorch's adaptive average windows.
+
+    Output i averages inputs floor(i * in / out) to ceil((i + 1) * in / out) - 1.
+    """
+    matrix = np.zeros((size_out, size_in), dtype=np.float32)
+    for index in range(size_out):
+        start = (index * size_in) // size_out
+        end = -((-(index + 1) * size_in) // size_out)
+        matrix[index, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def emit_adaptive_avg_matmul(
+    graph: OnnxGraph,
+    node: torch.fx.Node,
+    source: str,
+    spatial_in: Sequence[int],
+    spatial_out: Sequence[int],
+) -> None:
+    """Adaptive average pooling with uneven windows, as a MatMul per spatial axis.
+
+    The last axis is x @ P_w^T; the axis before it is P_h @ x (MatMul broadcasts P_h).
+    """
+    width = adaptive_pooling_matrix(spatial_in[-1], spatial_out[-1]).T.copy()
+    width_name = graph.add_initializer(f"{node.name}/width_windows", width)
+    if len(spatial_in) == 1:
+        graph.emit("MatMul", node, [source, width_name])
+        return
+    pooled_width = graph.step("MatMul", [source, width_name], f"{node.name}/pool_width")
+    height_name = graph.add_initializer(f"{node.name}/height_windows", adaptive_pooling_matrix(spatial_in[0], spatial_out[0]))
+    graph.emit("MatMul", node, [height_name, pooled_width])

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.fx
 
-from stages.onnx.emitter import EmitError, OnnxGraph
+from stages.onnx.emitter import OnnxGraph
 from stages.onnx.ops_conv import conv_attributes
+from stages.onnx.ops_pool import adaptive_pooling_matrix
 from stages.onnx.registry import register_module
 from stages.quant.arithmetic import QParams
 from stages.quant.modules import (
@@ -185,12 +186,17 @@ def emit_quant_adaptive_avg_pool(graph: OnnxGraph, node: torch.fx.Node, module: 
     spatial_out = list(module.output_size)
     if spatial_out == [1, 1]:
         result = float_step(graph, node, "GlobalAveragePool", [source], "pool")
+    elif any(size_in % size_out for size_in, size_out in zip(spatial_in, spatial_out)):
+        result = adaptive_avg_matmul(graph, node, source, spatial_in, spatial_out)
     else:
-        if any(size_in % size_out for size_in, size_out in zip(spatial_in, spatial_out)):
-            raise EmitError(
-                f"ONNX export: node '{node.name}': adaptive pooling from {spatial_in} to {spatial_out} has uneven "
-                f"windows; only output sizes that divide the input size map to ONNX"
-            )
         window = [size_in // size_out for size_in, size_out in zip(spatial_in, spatial_out)]
         result = float_step(graph, node, "AveragePool", [source], "pool", kernel_shape=window, strides=window)
     quantize_output(graph, node, result, module.output_qparams)
+
+
+def adaptive_avg_matmul(graph: OnnxGraph, node: torch.fx.Node, source: str, spatial_in: list[int], spatial_out: list[int]) -> str:
+    """Uneven adaptive average pooling of a 2-d map as two MatMuls with window matrices."""
+    width = adaptive_pooling_matrix(spatial_in[1], spatial_out[1]).T.copy()
+    pooled = float_step(graph, node, "MatMul", [source, graph.add_initializer(f"{node.name}/width_windows", width)], "pool_width")
+    height = graph.add_initializer(f"{node.name}/height_windows", adaptive_pooling_matrix(spatial_in[0], spatial_out[0]))
+    return float_step(graph, node, "MatMul", [height, pooled], "pool")

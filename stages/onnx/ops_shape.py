@@ -8,13 +8,16 @@ the batch size follows the input; any other target stays fixed.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
+import torchvision.ops as torchvision_ops
 from torch import nn
 
-from stages.onnx.emitter import OnnxGraph, argument
+from stages.onnx.emitter import EmitError, OnnxGraph, argument
 from stages.onnx.registry import register_function, register_method, register_module
 
 # ReduceMean takes its axes as an input from this opset on, not as an attribute.
@@ -104,3 +107,105 @@ def emit_mean(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -
         graph.emit("ReduceMean", node, [source, axes_input], keepdims=keepdims)
     else:
         graph.emit("ReduceMean", node, [source], axes=axes, keepdims=keepdims)
+
+
+INT64_MAX = np.iinfo(np.int64).max
+
+
+@register_function(torchvision_ops.stochastic_depth)
+def emit_stochastic_depth(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """Bind to the input: stochastic depth is the identity outside training."""
+    if graph.value(argument(node, 3, "training", True)):
+        raise EmitError(f"ONNX export: node '{node.name}': stochastic_depth with training=True; export the model in eval mode")
+    graph.bind(node, graph.tensor(node.args[0]))
+
+
+@register_method("chunk", "split")
+@register_function(torch.chunk, torch.split)
+def emit_split(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """Split along one axis into the pieces the example run produced."""
+    rank = len(graph.shape(node.args[0]))
+    dim = int(graph.value(argument(node, 2, "dim", 0))) % rank
+    pieces = node.meta["tensor_meta"]
+    sizes = [int(piece.shape[dim]) for piece in pieces]
+    outputs = [graph.unique_name(f"{node.name}/{index}") for index in range(len(sizes))]
+    split = graph.add_constant(f"{node.name}/split", sizes, np.int64)
+    graph.add_node("Split", [graph.tensor(node.args[0]), split], outputs, node.name, axis=dim)
+    graph.sequences[node.name] = list(outputs)
+
+
+@register_function(operator.getitem)
+def emit_getitem(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """Select from a tuple of tensors, or index a tensor with ints, slices and Ellipsis."""
+    source, index = node.args[0], graph.value(node.args[1])
+    if isinstance(source, torch.fx.Node) and source.name in graph.sequences:
+        tensor_name = graph.sequences[source.name][int(index)]
+        if tensor_name is None:
+            raise EmitError(f"ONNX export: node '{node.name}' selects item {index} of '{source.name}', which is not a tensor")
+        graph.bind(node, tensor_name)
+        return
+    _emit_tensor_index(graph, node, source, index if isinstance(index, tuple) else (index,))
+
+
+def _emit_tensor_index(graph: OnnxGraph, node: torch.fx.Node, source: torch.fx.Node, index: tuple) -> None:
+    shape = graph.shape(source)
+    rank = len(shape)
+    if sum(item is Ellipsis for item in index) > 1 or any(not isinstance(item, (int, slice, type(Ellipsis))) for item in index):
+        raise EmitError(
+            f"ONNX export: node '{node.name}': indexing with {index!r} is not supported; "
+            f"use ints, slices and one Ellipsis"
+        )
+    if Ellipsis in index:
+        position = index.index(Ellipsis)
+        index = index[:position] + (slice(None),) * (rank - len(index) + 1) + index[position + 1 :]
+    index = index + (slice(None),) * (rank - len(index))
+
+    starts, ends, axes, steps, gathers = [], [], [], [], []
+    for axis, item in enumerate(index):
+        if isinstance(item, int):
+            gathers.append((axis, item % shape[axis]))
+        elif item != slice(None):
+            step = 1 if item.step is None else int(item.step)
+            if step <= 0:
+                raise EmitError(f"ONNX export: node '{node.name}': slice step {step} is not supported, expected > 0")
+            starts.append(0 if item.start is None else int(item.start))
+            ends.append(INT64_MAX if item.stop is None else int(item.stop))
+            axes.append(axis)
+            steps.append(step)
+
+    value = graph.tensor(source)
+    if axes:
+        inputs = [value] + [
+            graph.add_constant(f"{node.name}/{label}", values, np.int64)
+            for label, values in (("starts", starts), ("ends", ends), ("axes", axes), ("steps", steps))
+        ]
+        if not gathers:
+            graph.emit("Slice", node, inputs)
+            return
+        value = graph.step("Slice", inputs, f"{node.name}/slice")
+
+    # Gather the highest axis first, so the lower axes keep their positions.
+    for number, (axis, position) in enumerate(sorted(gathers, reverse=True)):
+        indices = graph.add_constant(f"{node.name}/index{axis}", position, np.int64)
+        if number == len(gathers) - 1:
+            graph.emit("Gather", node, [value, indices], axis=axis)
+        else:
+            value = graph.step("Gather", [value, indices], f"{node.name}/gather{axis}", axis=axis)
+    if not axes and not gathers:
+        graph.bind(node, value)
+
+
+@register_method("expand")
+def emit_expand(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """Broadcast to the example run's output shape; with dynamic_batch a new batch axis follows the input."""
+    source_shape = graph.shape(node.args[0])
+    target = graph.shape(node)
+    # Expand broadcasts, so 1 keeps a dimension the source already has.
+    offset = len(target) - len(source_shape)
+    dims = [1 if axis >= offset and source_shape[axis - offset] == size else size for axis, size in enumerate(target)]
+    if graph.dynamic_batch and dims and dims[0] != 1:
+        rest = graph.add_constant(f"{node.name}/rest", dims[1:], np.int64)
+        shape = graph.step("Concat", [graph.batch_size(), rest], f"{node.name}/shape", axis=0)
+    else:
+        shape = graph.add_constant(f"{node.name}/shape", dims, np.int64)
+    graph.emit("Expand", node, [graph.tensor(node.args[0]), shape])

@@ -5,7 +5,8 @@
 value as an extra graph output (in a copy of the model) and returns the
 first ONNX node, in graph order, whose output differs from the fx node's.
 :func:`count_int8_kernels` counts the integer kernels in onnxruntime's
-optimized graph.
+optimized graph, :func:`float_compute_nodes` the Conv, Gemm, MatMul and Add
+nodes it left in float.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 PROVIDERS = ["CPUExecutionProvider"]
 # Op types of onnxruntime's integer kernels (standard and com.microsoft domains).
 INT8_KERNEL_PREFIXES = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize", "QAttention")
+# Float op types of onnxruntime's optimized graph that an int8 model should not keep:
+# the compute an int8 kernel replaces (the Fused* forms carry a fused activation).
+FLOAT_COMPUTE_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "Add"})
 # Relative slack on "one step": dequantized values carry float32 rounding.
 STEP_SLACK = 1e-3
 
@@ -78,19 +82,35 @@ class Divergence:
 DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
 
 
-def create_session(model: onnx.ModelProto, optimized_path: Path | None = None) -> ort.InferenceSession:
-    """Create a CPU session with every graph optimization enabled."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+def create_session(
+    model: onnx.ModelProto | Path,
+    optimized_path: Path | None = None,
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """Create a CPU session with every graph optimization enabled.
+
+    ``model`` is a proto or the path of a saved model (a model with external
+    data: a proto over 2 GB cannot be serialized). ``threads`` fixes the
+    intra-op thread count (default: onnxruntime's choice).
+    """
+    options = _session_options(threads)
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     # NOTE: onnxruntime 1.32's WeightBiasQuantization optimizer quantizes the
     # float weights of a Conv that sits between DequantizeLinear and
     # QuantizeLinear, so a layer the qconfig keeps in float would run in int8.
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS
-    )
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS)
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
 
 
 def run_torch(graph_module: torch.nn.Module, batch: np.ndarray) -> list[np.ndarray]:
@@ -217,24 +237,43 @@ def find_divergence(
     return largest
 
 
-def count_int8_kernels(model: onnx.ModelProto, work_dir: Path) -> tuple[int, dict[str, int]]:
+def count_int8_kernels(model: onnx.ModelProto | Path, work_dir: Path) -> tuple[int, dict[str, int]]:
     """Count integer kernel nodes in onnxruntime's optimized graph.
 
     The optimized model is written to ``work_dir`` and deleted afterwards.
     Returns the count and the optimized graph's op type histogram.
     """
+    histogram = optimized_histogram(model, work_dir)
+    count = sum(number for op_type, number in histogram.items() if op_type.startswith(INT8_KERNEL_PREFIXES))
+    return count, histogram
+
+
+def float_compute_nodes(histogram: dict[str, int]) -> int:
+    """Count the Conv, Gemm, MatMul and Add nodes (and their fused forms) left in float."""
+    return sum(number for op_type, number in histogram.items() if op_type in FLOAT_COMPUTE_OPS)
+
+
+def optimized_histogram(model: onnx.ModelProto | Path, work_dir: Path) -> dict[str, int]:
+    """Return the op type histogram of the graph onnxruntime runs (CPU, every optimization)."""
     optimized_path = work_dir / "optimized.tmp.onnx"
+    optimized_data = work_dir / "optimized.tmp.onnx.data"
     try:
-        create_session(model, optimized_path)
-        optimized = onnx.load(str(optimized_path))
+        options = _session_options(None)
+        options.optimized_model_filepath = str(optimized_path)
+        # Keep the weights out of the proto, so a model over 2 GB can be written.
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized_data.name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        source = str(model) if isinstance(model, Path) else model.SerializeToString()
+        ort.InferenceSession(source, options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS)
+        optimized = onnx.load(str(optimized_path), load_external_data=False)
     finally:
         optimized_path.unlink(missing_ok=True)
+        optimized_data.unlink(missing_ok=True)
 
     histogram: dict[str, int] = {}
     for node in optimized.graph.node:
         histogram[node.op_type] = histogram.get(node.op_type, 0) + 1
-    count = sum(number for op_type, number in histogram.items() if op_type.startswith(INT8_KERNEL_PREFIXES))
-    return count, dict(sorted(histogram.items()))
+    return dict(sorted(histogram.items()))
 
 
 def _relative(abs_diff: float, reference: float) -> float:
@@ -250,7 +289,8 @@ def _record_fx_values(graph_module: torch.fx.GraphModule, batch: np.ndarray) -> 
         def run_node(self, n: torch.fx.Node) -> Any:
             result = super().run_node(n)
             if isinstance(result, torch.Tensor):
-                values[n.name] = result.detach().cpu().numpy()
+                # A copy: a later in-place op (ReLU(inplace=True)) would change the array.
+                values[n.name] = result.detach().cpu().numpy().copy()
             return result
 
     with torch.no_grad():

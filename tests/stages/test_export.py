@@ -175,14 +175,6 @@ def test_gate_failure_names_node(root: Path) -> None:
     assert list(ctx.outputs["export"].iterdir()) == []
 
 
-def test_caffe_is_not_available_yet(root: Path) -> None:
-    ctx = make_context(root, {"format": "caffe"})
-
-    with pytest.raises(StageError, match="Caffe export is not available yet"):
-        Export().run(ctx)
-    assert list(ctx.outputs["export"].iterdir()) == []
-
-
 def test_inputs_follow_precision() -> None:
     assert Export().inputs({"format": "onnx", "precision": "fp32"}) == (Input("model", "fp32_model"),)
     assert Export().inputs({"format": "onnx", "precision": "int8"}) == (Input("model", "int8_model"),)

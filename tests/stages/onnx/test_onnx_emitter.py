@@ -262,7 +262,7 @@ def test_opset_out_of_range_rejected() -> None:
 
 
 def test_unsupported_node_is_named() -> None:
-    graph_module = trace_model(nn.Sequential(nn.Conv2d(1, 1, 1), nn.PixelShuffle(1)))
+    graph_module = trace_model(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Unfold(2)))
 
-    with pytest.raises(EmitError, match=r"node '_1' \(call_module torch.nn.modules.pixelshuffle.PixelShuffle\)"):
+    with pytest.raises(EmitError, match=r"node '_1' \(call_module torch.nn.modules.fold.Unfold\)"):
         export_graph_module(graph_module, torch.randn(1, 1, 2, 2))

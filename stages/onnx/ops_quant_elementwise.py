@@ -1,0 +1,160 @@
+"""QDQ mappings of the int8 elementwise, product, concatenation and mean modules.
+
+Each becomes DequantizeLinear on its integer inputs, the float op, and
+QuantizeLinear to the module's output qparams (the arithmetic the modules in
+``stages.quant.modules`` document). onnxruntime turns Mul, MatMul, Concat
+and Sigmoid groups into QLinearMul, QLinearMatMul, QLinearConcat and
+QLinearSigmoid, and removes a Clip(0, 6) or Relu whose range the following
+QuantizeLinear already enforces.
+
+Classes are looked up by name, so this module loads with a quantization
+package that does not define all of them yet.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.fx
+from torch import nn
+
+from stages.onnx.emitter import OnnxGraph
+from stages.onnx.ops_activation import GELU_OPSET, HARDSWISH_OPSET
+from stages.onnx.ops_quant import dequantize_input, float_step, quantize_output
+from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET
+from stages.onnx.registry import register_module
+from stages.quant import modules as quant_modules
+
+FloatOp = Callable[[OnnxGraph, torch.fx.Node, nn.Module, str], str]
+
+
+def _register(class_name: str) -> Callable:
+    """Register the handler for the named int8 module class when the class exists."""
+    cls = getattr(quant_modules, class_name, None)
+
+    def decorate(handler):
+        if cls is not None:
+            register_module(cls)(handler)
+        return handler
+
+    return decorate
+
+
+def _elementwise(float_op: FloatOp) -> Callable[[OnnxGraph, torch.fx.Node, nn.Module], None]:
+    def emit(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+        source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+        quantize_output(graph, node, float_op(graph, node, module, source), module.output_qparams)
+
+    return emit
+
+
+def _clip(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    low = graph.add_constant(f"{node.name}/min", 0.0, np.float32)
+    high = graph.add_constant(f"{node.name}/max", 6.0, np.float32)
+    return float_step(graph, node, "Clip", [source, low, high], "clip")
+
+
+def _hardsigmoid(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    return float_step(graph, node, "HardSigmoid", [source], "hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
+
+
+def _hardswish(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    if graph.opset >= HARDSWISH_OPSET:
+        return float_step(graph, node, "HardSwish", [source], "hardswish")
+    return float_step(graph, node, "Mul", [source, _hardsigmoid(graph, node, module, source)], "hardswish")
+
+
+def _sigmoid(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    return float_step(graph, node, "Sigmoid", [source], "sigmoid")
+
+
+def _silu(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    return float_step(graph, node, "Mul", [source, _sigmoid(graph, node, module, source)], "silu")
+
+
+def _gelu(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    approximate = getattr(module, "approximate", "none")
+    if graph.opset >= GELU_OPSET:
+        return float_step(graph, node, "Gelu", [source], "gelu", approximate=approximate)
+
+    def constant(label: str, value: float) -> str:
+        return graph.add_constant(f"{node.name}/{label}", value, np.float32)
+
+    if approximate == "tanh":
+        cube = float_step(graph, node, "Mul", [float_step(graph, node, "Mul", [source, source], "square"), source], "cube")
+        scaled_cube = float_step(graph, node, "Mul", [cube, constant("coefficient", 0.044715)], "scaled_cube")
+        inner = float_step(graph, node, "Add", [source, scaled_cube], "inner")
+        scaled = float_step(graph, node, "Mul", [inner, constant("sqrt_2_over_pi", math.sqrt(2.0 / math.pi))], "scaled")
+        core = float_step(graph, node, "Tanh", [scaled], "tanh")
+    else:
+        scaled = float_step(graph, node, "Div", [source, constant("sqrt_2", math.sqrt(2.0))], "scaled")
+        core = float_step(graph, node, "Erf", [scaled], "erf")
+    one_plus = float_step(graph, node, "Add", [core, constant("one", 1.0)], "one_plus")
+    half_x = float_step(graph, node, "Mul", [source, constant("half", 0.5)], "half_x")
+    return float_step(graph, node, "Mul", [half_x, one_plus], "gelu")
+
+
+def _batch_norm(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    bn = module.bn
+    channels = bn.num_features
+    weight = bn.weight if bn.affine else torch.ones(channels)
+    bias = bn.bias if bn.affine else torch.zeros(channels)
+    inputs = [source] + [
+        graph.add_tensor_initializer(f"{node.name}.bn.{label}", tensor.to(torch.float32))
+        for label, tensor in (("weight", weight), ("bias", bias), ("running_mean", bn.running_mean), ("running_var", bn.running_var))
+    ]
+    return float_step(graph, node, "BatchNormalization", inputs, "batchnorm", epsilon=float(np.float32(bn.eps)))
+
+
+for _name, _float_op in (
+    ("QuantReLU6", _clip),
+    ("QuantHardswish", _hardswish),
+    ("QuantHardsigmoid", _hardsigmoid),
+    ("QuantSigmoid", _sigmoid),
+    ("QuantSiLU", _silu),
+    ("QuantGELU", _gelu),
+    ("QuantBatchNorm2d", _batch_norm),
+):
+    _register(_name)(_elementwise(_float_op))
+
+
+def _binary(op_type: str) -> Callable[[OnnxGraph, torch.fx.Node, nn.Module], None]:
+    def emit(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+        left = dequantize_input(graph, node, node.args[0], module.a_qparams, "a")
+        right = dequantize_input(graph, node, node.args[1], module.b_qparams, "b")
+        result = float_step(graph, node, op_type, [left, right], op_type.lower())
+        quantize_output(graph, node, result, module.output_qparams)
+
+    return emit
+
+
+_register("QuantMul")(_binary("Mul"))
+_register("QuantMatMul")(_binary("MatMul"))
+
+
+@_register("QuantCat")
+def emit_quant_cat(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+    sources = [
+        dequantize_input(graph, node, arg, qparams, f"input{index}")
+        for index, (arg, qparams) in enumerate(zip(node.args, module.input_qparams))
+    ]
+    rank = len(graph.shape(node))
+    result = float_step(graph, node, "Concat", sources, "concat", axis=int(module.dim) % rank)
+    quantize_output(graph, node, result, module.output_qparams)
+
+
+@_register("QuantMean")
+def emit_quant_mean(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    rank = len(graph.shape(node.args[0]))
+    axes = [int(dim) % rank for dim in module.dims]
+    keepdims = int(module.keepdim)
+    if graph.opset >= REDUCE_AXES_INPUT_OPSET:
+        axes_input = graph.add_constant(f"{node.name}/axes", axes, np.int64)
+        result = float_step(graph, node, "ReduceMean", [source, axes_input], "mean", keepdims=keepdims)
+    else:
+        result = float_step(graph, node, "ReduceMean", [source], "mean", axes=axes, keepdims=keepdims)
+    quantize_output(graph, node, result, module.output_qparams)
