@@ -21,8 +21,8 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-import struct
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -41,6 +41,7 @@ INPUT_LAYER = "Input"
 _SHAPE_TAG = b"\x3a"
 _DATA_TAG = b"\x2a"
 _STACK_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 
 class EmitError(Exception):
@@ -76,6 +77,8 @@ class CaffeGraph:
     producers: dict[str, tuple[str, str]] = field(default_factory=dict)
     taken_blobs: set[str] = field(default_factory=set)
     taken_layers: set[str] = field(default_factory=set)
+    # What errors call the model when no line of its code is known.
+    model_name: str = "the model"
 
     # -- names and building blocks ---------------------------------------
 
@@ -224,6 +227,7 @@ def build_net(
     example_input: torch.Tensor,
     net_name: str = "model",
     blob_names: dict[str, str] | None = None,
+    model_name: str | None = None,
 ) -> CaffeGraph:
     """Build the Caffe net computing ``graph_module`` on inputs of ``example_input``'s shape.
 
@@ -233,6 +237,9 @@ def build_net(
             becomes the net's input shape.
         blob_names: fx node name -> blob name, for nodes whose blob takes
             another name (a conv with a folded BatchNorm).
+        model_name: how errors name the model when the tracer recorded no
+            line numbers (the pipeline's model source); default: the
+            GraphModule's class name.
 
     Raises:
         EmitError: a node has no Caffe mapping; the message names the node,
@@ -244,7 +251,13 @@ def build_net(
         _RecordingShapeProp(graph_module).propagate(example_input)
 
     pb = caffe_pb2()
-    graph = CaffeGraph(graph_module, pb, pb.NetParameter(name=net_name), blob_names=dict(blob_names or {}))
+    graph = CaffeGraph(
+        graph_module,
+        pb,
+        pb.NetParameter(name=net_name),
+        blob_names=dict(blob_names or {}),
+        model_name=model_name or type(graph_module).__name__,
+    )
     for node in graph_module.graph.nodes:
         _emit_node(graph, node)
     log.info("emitted %d Caffe layers for %d fx nodes", len(graph.net.layer), len(graph_module.graph.nodes))
@@ -319,23 +332,26 @@ def op_description(graph: CaffeGraph, node: torch.fx.Node) -> str:
     return f"Tensor.{node.target}" if node.op == "call_method" else str(node.target)
 
 
-def model_location(node: torch.fx.Node) -> str:
-    """Return where the model's code creates the node: ``file:line`` and the module that runs it."""
-    stack_trace = node.stack_trace or ""
-    matches = _STACK_LINE.findall(stack_trace)
-    if matches:
-        path, line = matches[-1]
+def model_location(node: torch.fx.Node, model_name: str = "the model") -> str:
+    """Return where the model's code creates the node: ``file:line`` and the module that runs it.
+
+    The tracer's stack trace gives the exact line when it recorded one (the
+    innermost frame outside torch); otherwise ``nn_module_stack`` names the
+    submodule whose ``forward`` runs the op, with that method's first line.
+    """
+    frames = [(path, line) for path, line in _STACK_LINE.findall(node.stack_trace or "") if not path.startswith(_TORCH_DIR)]
+    if frames:
+        path, line = frames[-1]
         return f"{path}:{line}"
 
-    module_stack = node.meta.get("nn_module_stack") or {}
+    module_stack = list((node.meta.get("nn_module_stack") or {}).values())
+    if node.op == "call_module" and module_stack:
+        # The innermost entry of a call_module node is the leaf module itself; its caller is one up.
+        module_stack = module_stack[:-1]
     if module_stack:
-        path, cls = list(module_stack.values())[-1]
-        if node.op == "call_module" and len(module_stack) > 1:
-            # The innermost entry of a call_module node is the leaf itself; the caller is one up.
-            path, cls = list(module_stack.values())[-2]
-        where = _forward_location(cls)
-        return f"{where} (in {path or 'the model'}: {getattr(cls, '__qualname__', cls)}.forward)"
-    return "unknown line (the tracer recorded no stack trace)"
+        path, cls = module_stack[-1]
+        return f"{_forward_location(cls)} (in {path}: {getattr(cls, '__qualname__', cls)}.forward)"
+    return f"the forward of {model_name} (the tracer recorded no line numbers)"
 
 
 def _forward_location(cls: Any) -> str:
@@ -353,5 +369,6 @@ def unsupported(graph: CaffeGraph, node: torch.fx.Node, reason: str, alternative
     op = op_description(graph, node)
     hint = alternatives or registry.alternatives(node.op, op)
     return EmitError(
-        f"Caffe export: node '{node.name}' ({node.op} {op}) at {model_location(node)}: {reason}; {hint}"
+        f"Caffe export: node '{node.name}' ({node.op} {op}) at {model_location(node, graph.model_name)}: "
+        f"{reason}; {hint}"
     )

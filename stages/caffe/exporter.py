@@ -83,12 +83,13 @@ def export_caffe(request: CaffeExportRequest) -> tuple[dict[str, Any], str]:
         raise StageError(f"{where}: {exc}") from exc
 
     graph_module = load_model(request.model_dir, request.root)
-    input_shape = list(load_meta(request.model_dir)["input_shape"])
+    meta = load_meta(request.model_dir)
+    input_shape = list(meta["input_shape"])
     emitted, blob_names = _prepare(graph_module, request.fold_batchnorm)
 
     example = torch.randn(input_shape, generator=torch.Generator().manual_seed(EXAMPLE_SEED))
     try:
-        graph = build_net(emitted, example, request.stage_name, blob_names)
+        graph = build_net(emitted, example, request.stage_name, blob_names, meta.get("source"))
     except EmitError as exc:
         raise StageError(f"{where}: {exc}") from exc
 

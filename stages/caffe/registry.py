@@ -22,7 +22,7 @@ MODULE_HANDLERS: dict[type, Handler] = {}
 FUNCTION_HANDLERS: dict[Any, Handler] = {}
 METHOD_HANDLERS: dict[str, Handler] = {}
 
-# Ops without a Caffe layer in this build, and what to use instead.
+# Ops without a Caffe layer in this build (matched without case: GELU and F.gelu), and what to use instead.
 KNOWN_ALTERNATIVES: dict[str, str] = {
     "GELU": "the build has no GELU or Erf layer; use ReLU, SiLU or Hardswish",
     "Hardtanh": "the build has no Clip layer; Hardtanh(0, 6) is ReLU6, use nn.ReLU6",
@@ -77,8 +77,8 @@ def module_handler(module: "torch.nn.Module") -> Handler | None:
 
 def alternatives(node_op: str, op: str) -> str:
     """Say what to use instead of an unsupported op, and list the supported ones of its kind."""
-    short = op.rsplit(".", 1)[-1]
-    specific = KNOWN_ALTERNATIVES.get(short)
+    short = op.rsplit(".", 1)[-1].lower()
+    specific = next((text for name, text in KNOWN_ALTERNATIVES.items() if name.lower() == short), None)
     if node_op == "call_module":
         names = sorted({cls.__name__ for cls in MODULE_HANDLERS})
         listing = f"supported modules: {', '.join(names)}"
