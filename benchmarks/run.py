@@ -4,13 +4,18 @@
     python benchmarks/run.py --quick    # the digits ResNet only, fewer repeats
     python benchmarks/run.py --json     # one JSON object on stdout
 
-Sections: accuracy and speed of our int8 model against torch.ao FX and
-onnxruntime quantize_static (digits ResNet; mobilenet_v2 with ImageNet
-weights unless --quick), the overhead of a fully cached `pipe run` and of
-`pipe status` against ``import torch``, calibration cost per observer on
-mobilenet_v2 at batch 32, and export time against torch.onnx.export. Every
-section prints the CPU and package versions. The example pipelines run in
-copies under --work-dir, whose caches persist between runs.
+Sections:
+
+- accuracy and speed of our int8 model against torch.ao FX and onnxruntime
+  quantize_static, on the digits ResNet and (unless --quick) on mobilenet_v2
+  with ImageNet weights;
+- the overhead of a fully cached `pipe run` and of `pipe status` against
+  ``import torch``;
+- calibration cost per observer on mobilenet_v2 at batch 32;
+- export time against torch.onnx.export.
+
+Every section prints the CPU and package versions. The example pipelines
+run in copies under --work-dir, whose caches persist between runs.
 """
 
 from __future__ import annotations
