@@ -124,6 +124,7 @@ def test_probe_names_install_script_when_caffe_is_missing() -> None:
 
 @requires_caffe
 @pytest.mark.caffe
+@pytest.mark.slow
 def test_export_writes_model_and_contract(tmp_path: Path) -> None:
     graph_module = save_artifact(tmp_path / "model_artifact", DigitsNet())
     ctx = make_context(tmp_path, {"samples": 10})
@@ -160,6 +161,7 @@ def test_export_writes_model_and_contract(tmp_path: Path) -> None:
 
 @requires_caffe
 @pytest.mark.caffe
+@pytest.mark.slow
 def test_unfolded_batchnorm_param(tmp_path: Path) -> None:
     save_artifact(tmp_path / "model_artifact", DigitsNet())
     ctx = make_context(tmp_path, {"fold_batchnorm": False, "file_name": "digits"})
@@ -284,6 +286,7 @@ def calibrate_digits_net(folder: Path) -> torch.fx.GraphModule:
 
 @requires_caffe
 @pytest.mark.caffe
+@pytest.mark.slow
 def test_calibration_table_names_match_prototxt(tmp_path: Path) -> None:
     fp32 = calibrate_digits_net(tmp_path / "calibration")
     (tmp_path / "model_artifact").mkdir()
