@@ -174,17 +174,43 @@ def centered(q: torch.Tensor, qparams: QParams) -> torch.Tensor:
     return q.to(torch.float64) - qparams.zero_point
 
 
-def weight_scales(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """Symmetric int8 weight scales: max|w| / 127 per output channel (axis 0).
+WEIGHT_MSE_STEPS = 100
 
-    With ``per_channel=False`` every channel gets the scale of the whole
-    tensor, so the result always has shape (out_channels,). A channel of
-    zeros gets scale 1.
+
+def weight_scales(weight: torch.Tensor, per_channel: bool, observer: str = "minmax") -> torch.Tensor:
+    """Symmetric int8 weight scales per output channel (axis 0).
+
+    ``minmax``: max|w| / 127. ``mse``: clip / 127 for the clip among
+    k / 100 * max|w| (k = 1..100) whose quantized weights have the least
+    squared error. With ``per_channel=False`` every channel gets the scale
+    of the whole tensor, so the result always has shape (out_channels,). A
+    channel of zeros gets scale 1.
     """
-    flat = weight.detach().reshape(weight.shape[0], -1).to(torch.float64).abs()
-    amax = flat.amax(dim=1) if per_channel else flat.amax().expand(weight.shape[0])
-    scales = torch.where(amax > 0, amax / WEIGHT_QMAX, torch.ones_like(amax))
-    return scales.to(torch.float32)
+    if observer not in ("minmax", "mse"):
+        raise ValueError(f"unknown weight observer {observer!r}: expected 'minmax' or 'mse'")
+    flat = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
+    if not per_channel:
+        flat = flat.reshape(1, -1)
+    amax = flat.abs().amax(dim=1)
+    clip = amax
+    if observer == "mse":
+        clip = _mse_clip(flat, amax)
+    scales = torch.where(clip > 0, clip / WEIGHT_QMAX, torch.ones_like(clip)).to(torch.float32)
+    return scales if per_channel else scales.expand(weight.shape[0]).clone()
+
+
+def _mse_clip(flat: torch.Tensor, amax: torch.Tensor) -> torch.Tensor:
+    """Per row of ``flat``, the clip value with the least squared quantization error."""
+    best_clip = amax.clone()
+    best_error = torch.full_like(amax, float("inf"))
+    for step in range(1, WEIGHT_MSE_STEPS + 1):
+        clip = amax * (step / WEIGHT_MSE_STEPS)
+        scale = torch.where(clip > 0, clip / WEIGHT_QMAX, torch.ones_like(clip)).to(torch.float32).double().unsqueeze(1)
+        error = ((torch.round(flat / scale).clamp(-WEIGHT_QMAX, WEIGHT_QMAX) * scale - flat) ** 2).sum(dim=1)
+        better = error < best_error
+        best_error = torch.where(better, error, best_error)
+        best_clip = torch.where(better, clip, best_clip)
+    return best_clip
 
 
 def quantize_weight(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

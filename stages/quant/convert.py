@@ -32,14 +32,42 @@ from stages.quant.modules import (
     QuantAdaptiveAvgPool2d,
     QuantAdd,
     QuantAvgPool2d,
+    QuantBatchNorm2d,
+    QuantCat,
     QuantConv2d,
+    QuantGELU,
+    QuantHardsigmoid,
+    QuantHardswish,
     QuantLinear,
+    QuantMatMul,
     QuantMaxPool2d,
+    QuantMean,
+    QuantMul,
     QuantReLU,
+    QuantReLU6,
+    QuantSigmoid,
+    QuantSiLU,
     Quantize,
 )
 from stages.quant.observers import Observer
-from stages.quant.patterns import COMPUTE_PATTERNS, PASS_THROUGH_PATTERNS, adaptive_output_size, tensor_args
+from stages.quant.patterns import (
+    COMPUTE_PATTERNS,
+    PASS_THROUGH_PATTERNS,
+    adaptive_output_size,
+    reduce_dims,
+    tensor_args,
+)
+
+_ELEMENTWISE_MODULES = {
+    "relu6": QuantReLU6,
+    "hardswish": QuantHardswish,
+    "hardsigmoid": QuantHardsigmoid,
+    "sigmoid": QuantSigmoid,
+    "silu": QuantSiLU,
+}
+# Methods whose result describes a tensor's shape, not its values: they read
+# whichever form of the tensor exists, so no Dequantize is made for them.
+_SHAPE_METHODS = frozenset({"size", "dim"})
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +194,36 @@ class _Converter:
     def _int8_module(self, node: fx.Node, entry: dict[str, Any], inputs: list[QParams], output: QParams) -> nn.Module:
         pattern = entry["pattern"]
         relu = entry["relu"] is not None
-        per_channel = bool((entry.get("weight") or {}).get("per_channel", True))
+        weight = entry.get("weight") or {}
+        per_channel = bool(weight.get("per_channel", True))
+        observer = weight.get("observer", "minmax")
         if pattern == "conv":
-            return QuantConv2d(self.modules[node.target], inputs[0], output, relu=relu, per_channel=per_channel)
+            return QuantConv2d(self.modules[node.target], inputs[0], output, relu, per_channel, observer)
         if pattern == "linear":
-            return QuantLinear(self.modules[node.target], inputs[0], output, relu=relu, per_channel=per_channel)
+            return QuantLinear(self.modules[node.target], inputs[0], output, relu, per_channel, observer)
         if pattern == "add":
             return QuantAdd(inputs[0], inputs[1], output, relu=relu)
+        if pattern == "mul":
+            return QuantMul(inputs[0], inputs[1], output)
+        if pattern == "matmul":
+            return QuantMatMul(inputs[0], inputs[1], output)
+        if pattern == "cat":
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            return QuantCat(inputs, output, dim)
         if pattern == "relu":
             return QuantReLU(inputs[0], output)
+        if pattern in _ELEMENTWISE_MODULES:
+            return _ELEMENTWISE_MODULES[pattern](inputs[0], output)
+        if pattern == "gelu":
+            approximate = self.modules[node.target].approximate if node.op == "call_module" else node.kwargs.get("approximate", "none")
+            return QuantGELU(inputs[0], output, approximate)
+        if pattern == "batchnorm":
+            return QuantBatchNorm2d(self.modules[node.target], inputs[0], output)
+        if pattern == "mean":
+            dims, keepdim = reduce_dims(node)
+            return QuantMean(dims, keepdim, inputs[0], output)
         if pattern == "avgpool":
-            return QuantAvgPool2d(self.modules[node.target], inputs[0], output)
+            return QuantAvgPool2d(_pool_module(node, self.modules, nn.AvgPool2d), inputs[0], output)
         if pattern == "adaptive_avgpool":
             return QuantAdaptiveAvgPool2d(adaptive_output_size(node, self.modules), inputs[0], output)
         raise ValueError(f"no int8 module for pattern {pattern!r}")
@@ -188,9 +235,9 @@ class _Converter:
             return False
         int_node, qparams = value
 
-        if node.op == "call_module" and isinstance(self.modules[node.target], nn.MaxPool2d):
+        if entry["pattern"] == "maxpool":
             target = self._target(node)
-            self.root[target] = QuantMaxPool2d(self.modules[node.target], qparams)
+            self.root[target] = QuantMaxPool2d(_pool_module(node, self.modules, nn.MaxPool2d), qparams)
             new = self.graph.create_node("call_module", target, (int_node,), {}, name=node.name)
         elif entry["pattern"] == "identity":
             self.int_values[node.name] = value
@@ -204,6 +251,8 @@ class _Converter:
     def _copy_float(self, node: fx.Node) -> None:
         if node.op == "placeholder":
             new = self.graph.node_copy(node)
+        elif node.op == "call_method" and node.target in _SHAPE_METHODS:
+            new = self._copy(node, lambda arg: self._any_value(arg.name))
         else:
             new = self._copy(node, lambda arg: self._float_value(arg.name))
         self.float_values[node.name] = new
@@ -231,6 +280,14 @@ class _Converter:
         self._record_int(new, name, qparams)
         self.int_values[name] = (new, qparams)
         return self.int_values[name]
+
+    def _any_value(self, name: str) -> fx.Node:
+        """Return the float form of a value when it exists, else its integer form."""
+        if name in self.float_values:
+            return self.float_values[name]
+        if name in self.int_values:
+            return self.int_values[name][0]
+        return self._float_value(name)
 
     def _float_value(self, name: str) -> fx.Node:
         """Return the float form of an observed value, adding a Dequantize for an integer value."""
@@ -277,6 +334,26 @@ def _summarize(gm: fx.GraphModule) -> ConvertSummary:
         else:
             counts["float"] += 1
     return ConvertSummary(counts["quantized"], counts["float"], counts["quantize"], counts["dequantize"])
+
+
+def _pool_module(node: fx.Node, modules: dict[str, nn.Module], cls: type[nn.Module]) -> nn.Module:
+    """The pooling module of a call_module node, or one built from F.max_pool2d / F.avg_pool2d arguments."""
+    if node.op == "call_module":
+        return modules[node.target]
+    names = (
+        ["kernel_size", "stride", "padding", "dilation", "ceil_mode"]
+        if cls is nn.MaxPool2d
+        else ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"]
+    )
+    kwargs = {}
+    for index, name in enumerate(names):
+        if len(node.args) > index + 1:
+            kwargs[name] = node.args[index + 1]
+        elif name in node.kwargs:
+            kwargs[name] = node.kwargs[name]
+    if kwargs.get("stride") in ((), []):
+        kwargs["stride"] = None
+    return cls(**kwargs)
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -60,6 +60,17 @@ __all__ = [
     "QuantMaxPool2d",
     "QuantAvgPool2d",
     "QuantAdaptiveAvgPool2d",
+    "QuantReLU6",
+    "QuantHardswish",
+    "QuantHardsigmoid",
+    "QuantSigmoid",
+    "QuantSiLU",
+    "QuantGELU",
+    "QuantBatchNorm2d",
+    "QuantMul",
+    "QuantMatMul",
+    "QuantCat",
+    "QuantMean",
     "INT8_MODULES",
 ]
 
@@ -124,7 +135,9 @@ class _QuantWeighted(nn.Module):
             input_scale * weight_scale) / output_scale), as onnxruntime
             computes its output scales.
         input_qparams, output_qparams (QParams).
-        relu (bool): a fused ReLU, applied as a clamp at the output zero point.
+        relu (bool): a fused ReLU or ReLU6, applied as a clamp at the output
+            zero point. For ReLU6 the output range observed after it lies in
+            [0, 6], so the upper clamp at 6 never binds after quantization.
     """
 
     def __init__(
@@ -135,13 +148,14 @@ class _QuantWeighted(nn.Module):
         output_qparams: QParams,
         relu: bool,
         per_channel: bool,
+        weight_observer: str = "minmax",
     ) -> None:
         super().__init__()
         self.input_qparams = input_qparams
         self.output_qparams = output_qparams
         self.relu = relu
 
-        scales = weight_scales(weight, per_channel)
+        scales = weight_scales(weight, per_channel, weight_observer)
         bias_scale = (torch.tensor(input_qparams.scale, dtype=torch.float32) * scales).to(torch.float32)
         self.register_buffer("weight", quantize_weight(weight, scales))
         self.register_buffer("weight_scale", scales)
@@ -195,13 +209,14 @@ class QuantConv2d(_QuantWeighted):
         output_qparams: QParams,
         relu: bool = False,
         per_channel: bool = True,
+        weight_observer: str = "minmax",
     ) -> None:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(
                 f"QuantConv2d supports numeric zero padding only, got padding={conv.padding!r} "
                 f"padding_mode={conv.padding_mode!r}"
             )
-        super().__init__(conv.weight, conv.bias, input_qparams, output_qparams, relu, per_channel)
+        super().__init__(conv.weight, conv.bias, input_qparams, output_qparams, relu, per_channel, weight_observer)
         self.stride = tuple(conv.stride)
         self.padding = tuple(conv.padding)
         self.dilation = tuple(conv.dilation)
@@ -253,8 +268,9 @@ class QuantLinear(_QuantWeighted):
         output_qparams: QParams,
         relu: bool = False,
         per_channel: bool = True,
+        weight_observer: str = "minmax",
     ) -> None:
-        super().__init__(linear.weight, linear.bias, input_qparams, output_qparams, relu, per_channel)
+        super().__init__(linear.weight, linear.bias, input_qparams, output_qparams, relu, per_channel, weight_observer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         acc = centered(x, self.input_qparams) @ self.weight.to(torch.float64).t()
@@ -450,6 +466,263 @@ class QuantAdaptiveAvgPool2d(nn.Module):
         return f"output_size={self.output_size}"
 
 
+class _QuantElementwise(nn.Module):
+    """Base of the elementwise int8 ops computed as dequantize -> float op -> quantize.
+
+    Attributes:
+        input_qparams, output_qparams (QParams).
+
+    Arithmetic (float32): y = quantize(op(float32(x - input_zero_point) *
+    input_scale), output_qparams), which is what the QDQ pattern
+    DequantizeLinear -> op -> QuantizeLinear computes. onnxruntime may turn
+    the pattern into a lookup table over the 256 input values, whose entries
+    are the same expression.
+    """
+
+    def __init__(self, input_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return quantize(self.float_op(dequantize(x, self.input_qparams)), self.output_qparams)
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return _repr_qparams("output", self.output_qparams)
+
+
+class QuantReLU6(_QuantElementwise):
+    """min(max(x, 0), 6) of a quantized tensor (no preceding op absorbed it).
+
+    Attributes: input_qparams, output_qparams. Arithmetic: see the base
+    class, op = clamp(x, 0, 6).
+
+    ONNX: DequantizeLinear(x) -> Clip(min=0, max=6) -> QuantizeLinear(output_qparams).
+    """
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, 0.0, 6.0)
+
+
+class QuantHardswish(_QuantElementwise):
+    """Hardswish of a quantized tensor: x * relu6(x + 3) / 6.
+
+    Attributes: input_qparams, output_qparams. Arithmetic: see the base class.
+
+    ONNX: DequantizeLinear(x) -> HardSwish -> QuantizeLinear(output_qparams).
+    """
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardswish(x)
+
+
+class QuantHardsigmoid(_QuantElementwise):
+    """Hardsigmoid of a quantized tensor: relu6(x + 3) / 6.
+
+    Attributes: input_qparams, output_qparams. Arithmetic: see the base class.
+
+    ONNX: DequantizeLinear(x) -> HardSigmoid(alpha=1/6, beta=0.5) ->
+    QuantizeLinear(output_qparams).
+    """
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardsigmoid(x)
+
+
+class QuantSigmoid(_QuantElementwise):
+    """Logistic sigmoid of a quantized tensor.
+
+    Attributes: input_qparams, output_qparams. Arithmetic: see the base class.
+
+    ONNX: DequantizeLinear(x) -> Sigmoid -> QuantizeLinear(output_qparams);
+    onnxruntime fuses it into QLinearSigmoid.
+    """
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x)
+
+
+class QuantSiLU(_QuantElementwise):
+    """SiLU (swish) of a quantized tensor: x * sigmoid(x).
+
+    Attributes: input_qparams, output_qparams. Arithmetic: see the base class.
+
+    ONNX: DequantizeLinear(x) -> Sigmoid, Mul(x, sigmoid) ->
+    QuantizeLinear(output_qparams).
+    """
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+
+class QuantGELU(_QuantElementwise):
+    """GELU of a quantized tensor.
+
+    Attributes: input_qparams, output_qparams, approximate (str: "none" for
+    the erf form, "tanh" for the tanh approximation). Arithmetic: see the
+    base class.
+
+    ONNX: DequantizeLinear(x) -> Gelu(approximate) (opset 20), or for older
+    opsets 0.5 * x * (1 + Erf(x / sqrt(2))) -> QuantizeLinear(output_qparams).
+    """
+
+    def __init__(self, input_qparams: QParams, output_qparams: QParams, approximate: str = "none") -> None:
+        super().__init__(input_qparams, output_qparams)
+        self.approximate = approximate
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate=self.approximate)
+
+
+class QuantBatchNorm2d(_QuantElementwise):
+    """Eval-mode BatchNorm2d of a quantized tensor that no conv absorbed.
+
+    Attributes: input_qparams, output_qparams, bn (the float nn.BatchNorm2d,
+    eval mode). Arithmetic: see the base class, op = bn.
+
+    ONNX: DequantizeLinear(x) -> BatchNormalization(bn.weight, bn.bias,
+    bn.running_mean, bn.running_var, epsilon=bn.eps) -> QuantizeLinear(output_qparams).
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d, input_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__(input_qparams, output_qparams)
+        self.bn = bn.eval()
+
+    def float_op(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
+
+
+class QuantMul(nn.Module):
+    """Elementwise product of two quantized tensors (broadcasting).
+
+    Attributes:
+        a_qparams, b_qparams (QParams): of the two inputs, in call order.
+        output_qparams (QParams).
+
+    Arithmetic (float32): y = quantize(dequantize(a) * dequantize(b), output_qparams).
+
+    ONNX: DequantizeLinear(a), DequantizeLinear(b) -> Mul ->
+    QuantizeLinear(output_qparams); onnxruntime fuses it into QLinearMul.
+
+    NOTE: QLinearMul's kernel rounds differently from the float path, so
+    outputs on a rounding tie can differ from onnxruntime's by one step.
+    """
+
+    def __init__(self, a_qparams: QParams, b_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        self.a_qparams = a_qparams
+        self.b_qparams = b_qparams
+        self.output_qparams = output_qparams
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return quantize(dequantize(a, self.a_qparams) * dequantize(b, self.b_qparams), self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return _repr_qparams("output", self.output_qparams)
+
+
+class QuantMatMul(nn.Module):
+    """Matrix product of two quantized activations (torch.matmul semantics).
+
+    Attributes:
+        a_qparams, b_qparams (QParams): of the two inputs, in call order.
+        output_qparams (QParams).
+        multiplier (float32 tensor, buffer): float32(float32(a_scale *
+            b_scale) / output_scale).
+
+    Arithmetic:
+        acc = matmul(a - a_zero_point, b - b_zero_point)          (exact integers)
+        y = round_half_even(clamp(float32(acc) * multiplier, qmin - zp, qmax - zp)) + zp
+
+    ONNX: DequantizeLinear(a), DequantizeLinear(b) -> MatMul ->
+    QuantizeLinear(output_qparams); onnxruntime fuses it into QLinearMatMul.
+    """
+
+    def __init__(self, a_qparams: QParams, b_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        self.a_qparams = a_qparams
+        self.b_qparams = b_qparams
+        self.output_qparams = output_qparams
+        scale = torch.tensor([b_qparams.scale], dtype=torch.float32)
+        self.register_buffer("multiplier", requantize_multiplier(a_qparams.scale, scale, output_qparams.scale)[0])
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        acc = torch.matmul(centered(a, self.a_qparams), centered(b, self.b_qparams))
+        return requantize(acc, self.multiplier, self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return _repr_qparams("output", self.output_qparams)
+
+
+class QuantCat(nn.Module):
+    """Concatenation of quantized tensors, each requantized to the output qparams.
+
+    Attributes:
+        input_qparams (list of QParams): one per input, in order.
+        output_qparams (QParams).
+        dim (int): the concatenation axis.
+
+    Arithmetic: an input whose qparams equal the output's is copied; any
+    other becomes quantize(dequantize(x_i), output_qparams) in float32. Then
+    the integer tensors are concatenated along ``dim``.
+
+    ONNX: DequantizeLinear(x_i) for each input -> Concat(axis=dim) ->
+    QuantizeLinear(output_qparams); onnxruntime fuses it into QLinearConcat.
+    """
+
+    def __init__(self, input_qparams: list[QParams], output_qparams: QParams, dim: int) -> None:
+        super().__init__()
+        self.input_qparams = list(input_qparams)
+        self.output_qparams = output_qparams
+        self.dim = int(dim)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for value, qparams in zip(inputs, self.input_qparams):
+            if qparams == self.output_qparams:
+                parts.append(value)
+            else:
+                parts.append(quantize(dequantize(value, qparams), self.output_qparams))
+        return torch.cat(parts, dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, inputs={len(self.input_qparams)}, {_repr_qparams('output', self.output_qparams)}"
+
+
+class QuantMean(nn.Module):
+    """Mean of a quantized tensor over fixed dims.
+
+    Attributes:
+        dims (tuple of ints), keepdim (bool).
+        input_qparams, output_qparams (QParams).
+
+    Arithmetic (float32): y = quantize(mean(dequantize(x), dims, keepdim), output_qparams).
+
+    ONNX: DequantizeLinear(x) -> ReduceMean(axes=dims, keepdims) ->
+    QuantizeLinear(output_qparams).
+
+    NOTE: the float32 sum runs in PyTorch's order, so an output on a
+    rounding tie can differ from onnxruntime's by one step.
+    """
+
+    def __init__(self, dims: tuple[int, ...], keepdim: bool, input_qparams: QParams, output_qparams: QParams) -> None:
+        super().__init__()
+        self.dims = tuple(int(dim) for dim in dims)
+        self.keepdim = bool(keepdim)
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = dequantize(x, self.input_qparams).mean(dim=self.dims, keepdim=self.keepdim)
+        return quantize(mean, self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, keepdim={self.keepdim}, {_repr_qparams('output', self.output_qparams)}"
+
+
 INT8_MODULES: tuple[type[nn.Module], ...] = (
     Quantize,
     Dequantize,
@@ -460,6 +733,17 @@ INT8_MODULES: tuple[type[nn.Module], ...] = (
     QuantMaxPool2d,
     QuantAvgPool2d,
     QuantAdaptiveAvgPool2d,
+    QuantReLU6,
+    QuantHardswish,
+    QuantHardsigmoid,
+    QuantSigmoid,
+    QuantSiLU,
+    QuantGELU,
+    QuantBatchNorm2d,
+    QuantMul,
+    QuantMatMul,
+    QuantCat,
+    QuantMean,
 )
 
 

@@ -1,7 +1,8 @@
 """Observer insertion: turn an fp32 GraphModule into an observed one.
 
 The pass folds BatchNorm into the preceding conv and fuses conv, linear and
-add with a following ReLU, so the observer goes after the ReLU. Then it
+add with a following ReLU or ReLU6, so the observer goes after the
+activation. Then it
 inserts one observer module after every value that a quantized node
 produces or reads. These are the graph inputs, the outputs of quantized
 nodes and the float values that feed quantized nodes. Observers belong to
@@ -24,7 +25,7 @@ from torch import fx
 
 from stages.quant.fold import fold_batchnorm
 from stages.quant.observers import make_observer
-from stages.quant.patterns import COMPUTE_PATTERNS, FUSABLE_WITH_RELU, PASS_THROUGH_PATTERNS, tensor_args
+from stages.quant.patterns import COMPUTE_PATTERNS, FUSABLE_WITH_RELU, FUSED_ACTIVATIONS, PASS_THROUGH_PATTERNS, tensor_args
 from stages.quant.qconfig import check_qconfig
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _build_plan(gm: fx.GraphModule, nodes: dict[str, dict[str, Any]], folded: di
             continue
         user = next(iter(node.users))
         user_entry = plan[user.name]
-        if user_entry["pattern"] == "relu" and user_entry["quantize"] and user_entry["fused_into"] is None:
+        if user_entry["pattern"] in FUSED_ACTIVATIONS and user_entry["quantize"] and user_entry["fused_into"] is None:
             entry["relu"] = user.name
             user_entry["fused_into"] = node.name
     return plan

@@ -5,14 +5,25 @@ Patterns:
     conv         nn.Conv2d with numeric zero padding
     linear       nn.Linear
     add          tensor + tensor (operator.add, torch.add without alpha)
+    mul          tensor * tensor (operator.mul, torch.mul, Tensor.mul)
+    matmul       tensor @ tensor (operator.matmul, torch.matmul, Tensor.matmul)
+    cat          torch.cat of a list of tensors (inputs requantized to one scale)
     relu         nn.ReLU, F.relu, torch.relu, Tensor.relu
-    batchnorm    nn.BatchNorm2d (folded into a preceding conv)
-    maxpool      nn.MaxPool2d without return_indices (qparams pass through)
-    avgpool      nn.AvgPool2d without divisor_override
+    relu6        nn.ReLU6, F.relu6, nn.Hardtanh(0, 6)
+    hardswish, hardsigmoid, silu, sigmoid, gelu
+                 the nn modules, F functions and torch / Tensor methods
+    batchnorm    nn.BatchNorm2d (folded into a preceding conv; otherwise an
+                 int8 elementwise op)
+    mean         Tensor.mean / torch.mean over given dims
+    maxpool      nn.MaxPool2d, F.max_pool2d without return_indices (qparams pass through)
+    avgpool      nn.AvgPool2d, F.avg_pool2d without divisor_override
     adaptive_avgpool  nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d (int sizes)
     reshape      flatten, reshape, view, squeeze, unsqueeze, contiguous,
-                 nn.Flatten (qparams pass through)
-    identity     nn.Identity, nn.Dropout (qparams pass through)
+                 permute, transpose, nn.Flatten (qparams pass through)
+    split        chunk and split, whose tuple output getitem reads (qparams pass through)
+    getitem      an element of a split output (qparams pass through)
+    identity     nn.Identity, nn.Dropout, eval-mode dropout and stochastic_depth
+                 (qparams pass through)
     output       the graph output
     float        anything else: stays float between Dequantize and Quantize
 """
@@ -26,15 +37,45 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-COMPUTE_PATTERNS = frozenset({"conv", "linear", "add", "relu", "avgpool", "adaptive_avgpool"})
-PASS_THROUGH_PATTERNS = frozenset({"maxpool", "reshape", "identity"})
+# Elementwise ops whose int8 module computes dequantize -> float op -> quantize.
+ELEMENTWISE_PATTERNS = frozenset({"relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "gelu", "batchnorm"})
+COMPUTE_PATTERNS = frozenset(
+    {"conv", "linear", "add", "mul", "matmul", "cat", "relu", "avgpool", "adaptive_avgpool", "mean"} | ELEMENTWISE_PATTERNS
+)
+PASS_THROUGH_PATTERNS = frozenset({"maxpool", "reshape", "identity", "split", "getitem"})
 FUSABLE_WITH_RELU = frozenset({"conv", "linear", "add"})
+# Activations a conv, linear or add absorbs: a clamp at the output zero point.
+# ReLU6 fuses too, because its observed output range lies inside [0, 6], so
+# the clamp at 6 never binds after quantization.
+FUSED_ACTIVATIONS = frozenset({"relu", "relu6"})
+TWO_INPUT_PATTERNS = frozenset({"add", "mul", "matmul"})
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-_RESHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "contiguous"}
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose}
+_RESHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "contiguous", "permute", "transpose"}
+_SPLIT_FUNCTIONS = {torch.chunk, torch.split}
 _ADAPTIVE_AVGPOOL_FUNCTIONS = {F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d}
+_ELEMENTWISE_MODULES: dict[type[nn.Module], str] = {
+    nn.ReLU6: "relu6",
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.SiLU: "silu",
+    nn.Sigmoid: "sigmoid",
+    nn.GELU: "gelu",
+}
+_ELEMENTWISE_FUNCTIONS: dict[Any, str] = {
+    F.relu6: "relu6",
+    F.hardswish: "hardswish",
+    F.hardsigmoid: "hardsigmoid",
+    F.silu: "silu",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    F.gelu: "gelu",
+}
+_ELEMENTWISE_METHODS = {"sigmoid": "sigmoid"}
 
 
 def op_type(node: fx.Node, modules: dict[str, nn.Module]) -> str:
@@ -66,6 +107,8 @@ def classify(node: fx.Node, modules: dict[str, nn.Module]) -> str:
         return "input" if is_float_tensor(node) else "float"
     if node.op == "output":
         return "output"
+    if _is_split(node):
+        return "split"
     if not is_float_tensor(node):
         return "float"
     if node.op == "call_module":
@@ -85,6 +128,10 @@ def _classify_module(node: fx.Node, module: nn.Module) -> str:
         return "linear"
     if isinstance(module, nn.ReLU):
         return "relu"
+    if type(module) in _ELEMENTWISE_MODULES:
+        return _ELEMENTWISE_MODULES[type(module)]
+    if type(module) is nn.Hardtanh and module.min_val == 0.0 and module.max_val == 6.0:
+        return "relu6"
     if isinstance(module, nn.BatchNorm2d):
         return "batchnorm"
     if isinstance(module, nn.MaxPool2d):
@@ -109,6 +156,26 @@ def _classify_function(node: fx.Node) -> str:
         return "add" if tensors and plain else "float"
     if target in _RELU_FUNCTIONS:
         return "relu"
+    if target in _ELEMENTWISE_FUNCTIONS:
+        return _ELEMENTWISE_FUNCTIONS[target]
+    if target in _MUL_FUNCTIONS or target in _MATMUL_FUNCTIONS:
+        tensors = len(node.args) == 2 and all(is_float_tensor(arg) for arg in node.args) and not node.kwargs
+        if not tensors:
+            return "float"
+        return "mul" if target in _MUL_FUNCTIONS else "matmul"
+    if target is torch.cat:
+        return "cat" if _is_tensor_list(node.args[0] if node.args else node.kwargs.get("tensors")) else "float"
+    if target is torch.mean:
+        return "mean" if _reduce_dims(node) is not None else "float"
+    if target is F.max_pool2d:
+        return "float" if _call_argument(node, 6, "return_indices", False) else "maxpool"
+    if target is F.avg_pool2d:
+        return "float" if _call_argument(node, 6, "divisor_override", None) is not None else "avgpool"
+    if target is operator.getitem:
+        source = node.args[0]
+        return "getitem" if isinstance(source, fx.Node) and _is_float_sequence(source) else "float"
+    if _is_eval_dropout(node):
+        return "identity"
     if target in _RESHAPE_FUNCTIONS:
         return "reshape"
     if target in _ADAPTIVE_AVGPOOL_FUNCTIONS:
@@ -121,11 +188,75 @@ def _classify_function(node: fx.Node) -> str:
 def _classify_method(node: fx.Node) -> str:
     if node.target == "relu":
         return "relu"
-    if node.target == "add" and len(node.args) == 2 and all(is_float_tensor(arg) for arg in node.args) and not node.kwargs:
-        return "add"
+    if node.target in _ELEMENTWISE_METHODS:
+        return _ELEMENTWISE_METHODS[node.target]
+    two_tensors = len(node.args) == 2 and all(is_float_tensor(arg) for arg in node.args) and not node.kwargs
+    if node.target in ("add", "mul", "matmul") and two_tensors:
+        return node.target
+    if node.target == "mean":
+        return "mean" if _reduce_dims(node) is not None else "float"
     if node.target in _RESHAPE_METHODS:
         return "reshape"
     return "float"
+
+
+def _is_split(node: fx.Node) -> bool:
+    """chunk or split of a float tensor, whose output is a tuple of float tensors."""
+    if node.op == "call_function":
+        is_split = node.target in _SPLIT_FUNCTIONS
+    elif node.op == "call_method":
+        is_split = node.target in ("chunk", "split")
+    else:
+        is_split = False
+    return is_split and bool(node.args) and is_float_tensor(node.args[0]) and _is_float_sequence(node)
+
+
+def _call_argument(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _is_tensor_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(is_float_tensor(item) for item in value)
+
+
+def _is_float_sequence(node: fx.Node) -> bool:
+    """Check that shape propagation recorded a tuple or list of float tensors for ``node``."""
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, (list, tuple)) and len(meta) > 0 and all(
+        hasattr(item, "dtype") and item.dtype.is_floating_point for item in meta
+    )
+
+
+def _is_eval_dropout(node: fx.Node) -> bool:
+    """F.dropout or torchvision's stochastic_depth with training=False: the identity."""
+    name = getattr(node.target, "__name__", "")
+    if node.target is F.dropout:
+        return _call_argument(node, 2, "training", True) is False
+    if name == "stochastic_depth" and getattr(node.target, "__module__", "").startswith("torchvision"):
+        return _call_argument(node, 3, "training", True) is False
+    return False
+
+
+def reduce_dims(node: fx.Node) -> tuple[tuple[int, ...], bool]:
+    """Dims and keepdim of a mean node classified as ``mean``."""
+    result = _reduce_dims(node)
+    if result is None:
+        raise ValueError(f"node {node.name} is not a mean over explicit dims")
+    return result
+
+
+def _reduce_dims(node: fx.Node) -> tuple[tuple[int, ...], bool] | None:
+    dims = _call_argument(node, 1, "dim", None)
+    keepdim = _call_argument(node, 2, "keepdim", False)
+    if isinstance(dims, int):
+        dims = (dims,)
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(dim, int) for dim in dims) or not isinstance(keepdim, bool):
+        return None
+    if "dtype" in node.kwargs:
+        return None
+    return tuple(dims), keepdim
 
 
 def adaptive_output_size(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[int, int]:
@@ -141,5 +272,8 @@ def adaptive_output_size(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[
 
 def tensor_args(node: fx.Node, pattern: str) -> list[fx.Node]:
     """The tensor inputs that a quantized node of ``pattern`` reads as integers."""
-    count = 2 if pattern == "add" else 1
+    if pattern == "cat":
+        tensors = node.args[0] if node.args else node.kwargs["tensors"]
+        return [arg for arg in tensors if isinstance(arg, fx.Node)]
+    count = 2 if pattern in TWO_INPUT_PATTERNS else 1
     return [arg for arg in node.args[:count] if isinstance(arg, fx.Node)]

@@ -19,11 +19,21 @@
 
 ``pattern`` is one of stages.quant.patterns; ``quantize`` is false for float
 patterns and skipped nodes. A later stage may edit per-node settings.
+
+How the settings of a node are decided, later steps winning:
+    1. the ``target`` preset (TARGETS);
+    2. the stage params given explicitly (activation_observer,
+       activation_dtype, percentile, weight_observer, per_channel);
+    3. each ``overrides`` rule whose ``match`` glob matches the node's
+       module name or node name and whose ``op`` matches its op type, in
+       list order;
+    4. ``skip``, which keeps a node float whatever the rules say.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 from typing import Any
 
 import torch
@@ -38,6 +48,27 @@ QCONFIG_FILE = "qconfig.json"
 
 _WEIGHTED = frozenset({"conv", "linear"})
 _NOT_QUANTIZED = frozenset({"float", "output"})
+WEIGHT_OBSERVERS = ("minmax", "mse")
+
+# Presets of the ``target`` param: activation and weight settings.
+TARGETS: dict[str, dict[str, Any]] = {
+    # uint8 asymmetric activations, int8 per-channel symmetric weights: the
+    # layout onnxruntime's x86 kernels (QLinearConv U8S8) run fastest.
+    "onnxruntime": {
+        "activation_observer": "minmax",
+        "activation_dtype": "uint8",
+        "weight_observer": "minmax",
+        "per_channel": True,
+    },
+    # int8 activations with zero point 0, for runtimes that need it.
+    "symmetric": {
+        "activation_observer": "minmax",
+        "activation_dtype": "int8",
+        "weight_observer": "minmax",
+        "per_channel": True,
+    },
+}
+_OVERRIDE_SETTINGS = ("activation_observer", "activation_dtype", "percentile", "weight_observer", "per_channel")
 
 
 def propagate_shapes(gm: fx.GraphModule, input_shape: list[int]) -> None:
@@ -48,24 +79,55 @@ def propagate_shapes(gm: fx.GraphModule, input_shape: list[int]) -> None:
         ShapeProp(gm).propagate(example)
 
 
+def resolve_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """Merge the ``target`` preset with the params given explicitly (absent params take the preset)."""
+    target = params.get("target") or "onnxruntime"
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: expected one of {sorted(TARGETS)}")
+    settings = dict(TARGETS[target])
+    settings["percentile"] = 99.99
+    for key in _OVERRIDE_SETTINGS:
+        if params.get(key) is not None:
+            settings[key] = params[key]
+    settings["target"] = target
+    return settings
+
+
+def _activation(settings: dict[str, Any]) -> dict[str, Any]:
+    if settings["activation_observer"] not in OBSERVERS:
+        raise ValueError(
+            f"unknown activation observer {settings['activation_observer']!r}: expected one of {sorted(OBSERVERS)}"
+        )
+    activation = {"observer": settings["activation_observer"], "dtype": settings["activation_dtype"]}
+    if settings["activation_observer"] == "percentile":
+        activation["percentile"] = float(settings["percentile"])
+    return activation
+
+
+def _weight(settings: dict[str, Any]) -> dict[str, Any]:
+    if settings["weight_observer"] not in WEIGHT_OBSERVERS:
+        raise ValueError(f"unknown weight observer {settings['weight_observer']!r}: expected one of {list(WEIGHT_OBSERVERS)}")
+    return {"observer": settings["weight_observer"], "dtype": "int8", "per_channel": bool(settings["per_channel"])}
+
+
 def build_qconfig(gm: fx.GraphModule, input_shape: list[int], params: dict[str, Any]) -> dict[str, Any]:
     """Build the qconfig of an fp32 GraphModule from the prepare-qconfig params.
 
-    Raises ValueError when ``skip`` names neither a node nor a called module.
+    Raises ValueError when ``skip`` names neither a node nor a called
+    module, or when an override rule matches no node.
     """
-    activation = {"observer": params["activation_observer"], "dtype": params["activation_dtype"]}
-    if params["activation_observer"] == "percentile":
-        activation["percentile"] = float(params["percentile"])
-    if activation["observer"] not in OBSERVERS:
-        raise ValueError(f"unknown activation observer {activation['observer']!r}: expected one of {sorted(OBSERVERS)}")
-    weight = {"observer": params["weight_observer"], "dtype": "int8", "per_channel": bool(params["per_channel"])}
-    skip = list(params["skip"])
+    settings = resolve_settings(params)
+    activation = _activation(settings)
+    weight = _weight(settings)
+    skip = list(params.get("skip") or [])
+    overrides = [dict(rule) for rule in params.get("overrides") or []]
 
     propagate_shapes(gm, input_shape)
     modules = dict(gm.named_modules())
     _check_skip(gm, skip)
 
     nodes: dict[str, dict[str, Any]] = {}
+    matched = [0] * len(overrides)
     for node in gm.graph.nodes:
         pattern = classify(node, modules)
         entry: dict[str, Any] = {
@@ -74,17 +136,63 @@ def build_qconfig(gm: fx.GraphModule, input_shape: list[int], params: dict[str, 
             "op_type": op_type(node, modules),
             "pattern": pattern,
         }
+        node_settings = dict(settings)
+        quantize = pattern not in _NOT_QUANTIZED
+        rules: list[int] = []
+        for index, rule in enumerate(overrides):
+            if not _rule_matches(rule, node, entry["op_type"]):
+                continue
+            matched[index] += 1
+            rules.append(index)
+            for key in _OVERRIDE_SETTINGS:
+                if key in rule:
+                    node_settings[key] = rule[key]
+            if "quantize" in rule:
+                quantize = pattern not in _NOT_QUANTIZED and bool(rule["quantize"])
+
         skipped = node.name in skip or (node.op == "call_module" and node.target in skip)
-        entry["quantize"] = pattern not in _NOT_QUANTIZED and not skipped
+        entry["quantize"] = quantize and not skipped
         if skipped:
             entry["skipped"] = True
+        if rules:
+            entry["overrides"] = rules
         if entry["quantize"]:
-            entry["activation"] = copy.deepcopy(activation)
+            entry["activation"] = _activation(node_settings)
             if pattern in _WEIGHTED:
-                entry["weight"] = copy.deepcopy(weight)
+                entry["weight"] = _weight(node_settings)
         nodes[node.name] = entry
 
-    return {"format_version": FORMAT_VERSION, "activation": activation, "weight": weight, "skip": skip, "nodes": nodes}
+    unused = [index for index, count in enumerate(matched) if count == 0]
+    if unused:
+        rule = overrides[unused[0]]
+        raise ValueError(
+            f"override rule {unused[0]} ({rule}) matches no node; `match` is a glob on module names "
+            f"(e.g. layer1.*) or node names, `op` an op type such as Conv2d or add"
+        )
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "target": settings["target"],
+        "activation": activation,
+        "weight": weight,
+        "skip": skip,
+        "overrides": overrides,
+        "nodes": nodes,
+    }
+
+
+def _rule_matches(rule: dict[str, Any], node: fx.Node, node_op_type: str) -> bool:
+    pattern = rule.get("match")
+    if pattern is not None:
+        names = [node.name]
+        if node.op == "call_module":
+            names.append(str(node.target))
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            return False
+    op = rule.get("op")
+    if op is not None and op != node_op_type:
+        return False
+    return True
 
 
 def check_qconfig(qconfig: dict[str, Any], gm: fx.GraphModule) -> None:

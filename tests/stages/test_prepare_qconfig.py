@@ -24,7 +24,7 @@ class Small(nn.Module):
         self.fc = nn.Linear(4 * 36, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(torch.sigmoid(self.relu(self.bn(self.conv(x)))), 1))
+        return self.fc(torch.flatten(torch.softmax(self.relu(self.bn(self.conv(x))), dim=1), 1))
 
 
 def _context(tmp_path: Path, params: dict[str, Any]) -> StageContext:
@@ -54,8 +54,8 @@ def test_prepare_qconfig_defaults(tmp_path: Path) -> None:
     conv = qconfig["nodes"]["conv"]
     assert conv["op_type"] == "Conv2d" and conv["target"] == "conv" and conv["pattern"] == "conv"
     assert conv["quantize"] is True and conv["weight"]["per_channel"] is True
-    assert qconfig["nodes"]["sigmoid"]["pattern"] == "float"
-    assert qconfig["nodes"]["sigmoid"]["quantize"] is False
+    assert qconfig["nodes"]["softmax"]["pattern"] == "float"
+    assert qconfig["nodes"]["softmax"]["quantize"] is False
     assert qconfig["nodes"]["flatten"]["op_type"] == "flatten"
     assert result.metrics == {"quantized_nodes": 6, "skipped_nodes": 0, "float_nodes": 1}
     assert "6 nodes to quantize" in result.message

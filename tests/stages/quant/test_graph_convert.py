@@ -150,22 +150,22 @@ def test_skip_keeps_layer_float() -> None:
 
 
 def test_unsupported_op_falls_back_to_float() -> None:
-    class WithSigmoid(nn.Module):
+    class WithSoftmax(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(1, 4, 3, padding=1)
             self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.conv2(torch.sigmoid(self.conv(x)))
+            return self.conv2(torch.softmax(self.conv(x), dim=1))
 
     torch.manual_seed(0)
-    gm = fx.symbolic_trace(WithSigmoid().eval())
+    gm = fx.symbolic_trace(WithSoftmax().eval())
     int8 = _quantize(gm, _calibration_batches())
     modules = dict(int8.named_modules())
-    sigmoid = next(node for node in int8.graph.nodes if node.name == "sigmoid")
+    softmax = next(node for node in int8.graph.nodes if node.name == "softmax")
 
-    assert isinstance(modules[sigmoid.args[0].target], Dequantize)
+    assert isinstance(modules[softmax.args[0].target], Dequantize)
     conv2 = next(node for node in int8.graph.nodes if node.name == "conv2")
     assert isinstance(modules[conv2.args[0].target], Quantize)
     x = torch.randn(8, 1, 8, 8)

@@ -47,6 +47,10 @@ def torchvision_fp32(name: str, input_shape: list[int], seed: int = 0, **kwargs:
     """Trace torchvision model ``name`` with seeded random weights and re-estimated BatchNorm."""
     torch.manual_seed(seed)
     model = torchvision.models.get_model(name, weights=None, **kwargs)
+    # Some heads (vit_b_16) start at zero, which would make every output 0.
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.02)
     reestimate_batchnorm(model, input_shape)
     return trace_model(model.eval())
 
