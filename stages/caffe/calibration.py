@@ -9,7 +9,7 @@ An int8 Caffe toolchain reads it next to the fp32 ``.prototxt`` and
 
 Activation qparams are those the calibrate stage computed with the quant
 library (``calibration.json`` of the calibration artifact), keyed by the fp32
-fx node names whose values they describe; each lands on the blob that holds
+fx node names whose values they describe; each lands on the blob that stores
 that value. Weight scales are the quant library's symmetric per-channel int8
 scales of the exported weights (after BatchNorm folding, as convert computes
 them).

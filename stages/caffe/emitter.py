@@ -2,7 +2,7 @@
 
 Shapes come from ``torch.fx.passes.shape_prop.ShapeProp`` run on an example
 input. Each layer is named after its fx node and each blob after the fx node
-whose value it holds (``conv1``, ``add_3``), so a per-blob comparison can
+whose value it stores (``conv1``, ``add_3``). So a per-blob comparison can
 match the two graphs by name. Blobs a mapping needs in between get names
 derived from the fx node (``mul/flatten``). No layer works in place: every
 fx value keeps its own blob.
@@ -335,9 +335,9 @@ def op_description(graph: CaffeGraph, node: torch.fx.Node) -> str:
 def model_location(node: torch.fx.Node, model_name: str = "the model") -> str:
     """Return where the model's code creates the node: ``file:line`` and the module that runs it.
 
-    The tracer's stack trace gives the exact line when it recorded one (the
-    innermost frame outside torch); otherwise ``nn_module_stack`` names the
-    submodule whose ``forward`` runs the op, with that method's first line.
+    A stack trace recorded by the tracer gives the exact line: the innermost
+    frame outside torch. Without one, ``nn_module_stack`` names the submodule
+    whose ``forward`` runs the op, and the location is that method's first line.
     """
     frames = [(path, line) for path, line in _STACK_LINE.findall(node.stack_trace or "") if not path.startswith(_TORCH_DIR)]
     if frames:

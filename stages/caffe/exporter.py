@@ -1,11 +1,11 @@
 """Export an fp32 model artifact to Caffe and gate it on parity with pycaffe.
 
 The export stage calls :func:`export_caffe`. It checks that Caffe imports,
-loads the GraphModule, optionally folds BatchNorm into the convolutions,
-emits the net (an unsupported op stops here, before any file exists),
-writes the ``.prototxt`` and ``.caffemodel`` to a temporary folder, runs them
-in a pycaffe subprocess on data set inputs (or seeded random inputs) and
-compares with PyTorch. Only when the parity gate passes are the model, the
+loads the GraphModule, optionally folds BatchNorm into the convolutions and
+emits the net. An unsupported op stops the export there, before any file
+exists. Then it writes the ``.prototxt`` and ``.caffemodel`` to a temporary
+folder, runs them in a pycaffe subprocess on data set inputs (or seeded
+random inputs) and compares the outputs with PyTorch's. Only when the parity gate passes are the model, the
 input contract and (with a calibration artifact) the calibration table
 written to the artifact folder.
 """
@@ -53,7 +53,7 @@ RANDOM_INPUT_SEED = 1
 
 @dataclass
 class CaffeExportRequest:
-    """What one Caffe export needs, taken from the stage's params and context."""
+    """Settings of one Caffe export, taken from the stage's params and context."""
 
     stage_name: str
     model_dir: Path

@@ -1,8 +1,8 @@
 """Caffe mappings of shape ops: flatten, reshape, permute, slicing, and ops that vanish at inference.
 
 ``chunk`` and ``split`` become one Slice layer whose tops take the names of
-the ``getitem`` nodes that pick them; slicing a tensor with ``x[:, a:b]``
-becomes a Slice layer whose other parts go to a Silence layer.
+the ``getitem`` nodes that pick them. Slicing a tensor with ``x[:, a:b]``
+becomes a Slice layer too, and its other parts go to a Silence layer.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 :func:`probe_caffe` checks that ``import caffe`` works in a fresh
 interpreter. :func:`run_caffe` runs the model through
-``python -m stages.caffe.runner`` and returns blobs by name; a crash (a
-failed Caffe CHECK aborts the process) becomes :class:`CaffeCrash` with
+``python -m stages.caffe.runner`` and returns blobs by name. A failed Caffe
+CHECK aborts that process, and the crash becomes :class:`CaffeCrash` with
 the last line Caffe wrote to stderr. :func:`compare_outputs` measures the
 final outputs over many inputs, and :func:`find_divergence` compares every
 blob with the fx node whose value it holds and returns the first, in layer

@@ -95,7 +95,7 @@ def reestimate_batchnorm(model: nn.Module, input_shape: tuple[int, ...], batches
     """Replace BatchNorm running statistics by their averages over seeded random inputs.
 
     Random weights with the default statistics (mean 0, variance 1) make deep
-    nets' activations grow or vanish layer by layer; statistics of the actual
+    nets' activations grow or vanish layer by layer. Statistics of the actual
     activations keep them near unit scale, as in a trained model.
     """
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]

@@ -24,7 +24,7 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 def assert_matches(run, tolerance: float = TOLERANCE) -> None:
-    """Every blob that holds an fx value matches it, and so do the outputs."""
+    """Check that every blob storing an fx value matches it, and that the outputs match."""
     divergence = run.first_divergence(tolerance)
     assert divergence is None or divergence.max_rel_diff <= tolerance, divergence.describe()
     assert run.max_rel_diff() <= tolerance
@@ -52,7 +52,8 @@ def test_convolution_groups_dilation_padding(tmp_path: Path) -> None:
 
     assert_matches(run)
     params = {layer.name: layer.convolution_param for layer in layers(run, "Convolution")}
-    assert params["grouped"].group == 4 and list(params["grouped"].dilation) == [2, 2]
+    assert params["grouped"].group == 4
+    assert list(params["grouped"].dilation) == [2, 2]
     assert params["grouped"].bias_term is False
     assert list(params["same"].pad) == [1, 2]
     assert run.outputs[0].shape == (2, 6, 5, 6)
@@ -139,7 +140,8 @@ def test_activations(tmp_path: Path) -> None:
     assert [layer.prelu_param.channel_shared for layer in prelus] == [False, True]
     # SiLU has no Caffe layer: Sigmoid, then the product with the input.
     silu = next(layer for layer in run.graph.net.layer if layer.name == "acts_10")
-    assert silu.type == "Eltwise" and silu.eltwise_param.operation == run.graph.pb.EltwiseParameter.PROD
+    assert silu.type == "Eltwise"
+    assert silu.eltwise_param.operation == run.graph.pb.EltwiseParameter.PROD
 
 
 def test_softmax_linear_flatten(tmp_path: Path) -> None:
