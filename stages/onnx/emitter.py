@@ -262,7 +262,7 @@ def export_graph_module(
 
 def _emit_node(graph: OnnxGraph, node: torch.fx.Node) -> None:
     if node.op == "placeholder":
-        graph.inputs.append(_value_info(graph, node.name, node, batch_symbolic=True))
+        graph.inputs.append(_value_info(graph, node.name, node.meta["tensor_meta"], batch_symbolic=True))
         graph.values[node.name] = node.name
         return
 
@@ -317,21 +317,30 @@ def _emit_outputs(graph: OnnxGraph, node: torch.fx.Node) -> None:
     if not isinstance(results, (list, tuple)) or not all(isinstance(item, torch.fx.Node) for item in results):
         raise EmitError(f"ONNX export: the model returns {type(results).__name__}; only tensors and tuples of tensors are supported")
 
+    # A node whose value is a tuple (MultiheadAttention) contributes each of its tensors.
+    flat: list[tuple[torch.fx.Node, str, Any]] = []
+    for result in results:
+        if result.name in graph.sequences:
+            for position, item in enumerate(graph.sequences[result.name]):
+                if item is None:
+                    raise EmitError(f"ONNX export: output item {position} of node '{result.name}' is not a tensor")
+                flat.append((result, item, result.meta["tensor_meta"][position]))
+        else:
+            flat.append((result, graph.tensor(result), result.meta["tensor_meta"]))
+
     input_names = {value_info.name for value_info in graph.inputs}
     emitted: set[str] = set()
-    for result in results:
-        tensor_name = graph.tensor(result)
+    for result, tensor_name, meta in flat:
         # ONNX needs a distinct tensor per graph output, and outputs that are not graph inputs.
         if tensor_name in input_names or tensor_name in emitted:
             aliased = graph.unique_name(f"{result.name}_output")
             graph.add_node("Identity", [tensor_name], [aliased], aliased)
             tensor_name = aliased
         emitted.add(tensor_name)
-        graph.outputs.append(_value_info(graph, tensor_name, result, batch_symbolic=True))
+        graph.outputs.append(_value_info(graph, tensor_name, meta, batch_symbolic=True))
 
 
-def _value_info(graph: OnnxGraph, name: str, node: torch.fx.Node, batch_symbolic: bool) -> onnx.ValueInfoProto:
-    meta = node.meta["tensor_meta"]
+def _value_info(graph: OnnxGraph, name: str, meta: Any, batch_symbolic: bool) -> onnx.ValueInfoProto:
     shape: list[int | str] = list(meta.shape)
     if graph.dynamic_batch and batch_symbolic and shape:
         shape[0] = BATCH_DIM

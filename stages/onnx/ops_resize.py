@@ -3,9 +3,10 @@
 NOTE: [Resize modes] PyTorch's ``nearest`` reads source index
 floor(out_index * in / out), which is ONNX Resize with
 coordinate_transformation_mode ``asymmetric`` and nearest_mode ``floor``.
-``bilinear`` without align_corners is ``pytorch_half_pixel`` (half_pixel,
-except that an output of length 1 reads coordinate 0), and with
-align_corners it is ``align_corners``. The output size is the example run's
+``bilinear`` without align_corners is ``half_pixel``, source coordinate
+(out_index + 0.5) * in / out - 0.5 clamped at 0; not ``pytorch_half_pixel``,
+which reads coordinate 0 for an output of length 1 where PyTorch reads the
+center (in / 2 - 0.5). With align_corners it is ``align_corners``. The output size is the example run's
 size, passed as Resize's ``sizes`` input for the spatial axes.
 """
 
@@ -48,7 +49,7 @@ def emit_resize(graph: OnnxGraph, node: torch.fx.Node, mode: str, align_corners:
     if mode == "nearest":
         attributes = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}
     elif mode in LINEAR_MODES:
-        transform = "align_corners" if align_corners else "pytorch_half_pixel"
+        transform = "align_corners" if align_corners else "half_pixel"
         attributes = {"mode": "linear", "coordinate_transformation_mode": transform}
     else:
         raise EmitError(
