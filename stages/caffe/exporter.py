@@ -94,7 +94,8 @@ def export_caffe(request: CaffeExportRequest) -> tuple[dict[str, Any], str]:
         raise StageError(f"{where}: {exc}") from exc
 
     batch_size = input_shape[0]
-    inputs = chunk_inputs(_parity_inputs(request, input_shape), batch_size)
+    samples = _parity_inputs(request, input_shape)
+    inputs = chunk_inputs(samples, batch_size)
     outputs = output_blobs(graph)
     with tempfile.TemporaryDirectory(prefix="caffe-export-") as folder:
         work = Path(folder)
@@ -106,7 +107,7 @@ def export_caffe(request: CaffeExportRequest) -> tuple[dict[str, Any], str]:
                 "path": request.published_path,
                 "format": "caffe",
                 "precision": "fp32",
-                "samples": min(request.samples, comparison.samples),
+                "samples": len(samples),
                 "layers": len(graph.net.layer),
                 "max_abs_diff": comparison.max_abs_diff,
                 "max_rel_diff": comparison.max_rel_diff,
