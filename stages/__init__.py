@@ -16,6 +16,7 @@ from pipeline.contract import Stage
 KINDS: dict[str, str] = {
     "trace": "stages.trace:Trace",
     "prepare-qconfig": "stages.prepare_qconfig:PrepareQconfig",
+    "sensitivity": "stages.sensitivity:Sensitivity",
     "insert-observers": "stages.insert_observers:InsertObservers",
     "calibrate": "stages.calibrate:Calibrate",
     "convert": "stages.convert:Convert",
