@@ -15,7 +15,7 @@ from pipeline.errors import StageError
 
 class PrepareQconfig(Stage):
     kind = "prepare-qconfig"
-    version = 1
+    version = 2
     sources = ("prepare_qconfig.py", "quant/")
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
@@ -29,7 +29,7 @@ class PrepareQconfig(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from stages.artifacts import load_meta, load_model, write_json
-        from stages.quant.qconfig import QCONFIG_FILE, build_qconfig, summarize
+        from stages.quant.qconfig import QCONFIG_FILE, build_qconfig, describe_scheme, summarize
 
         fp32 = load_model(ctx.inputs["fp32_model"], ctx.root)
         input_shape = list(load_meta(ctx.inputs["fp32_model"])["input_shape"])
@@ -39,7 +39,8 @@ class PrepareQconfig(Stage):
             raise StageError(f"stage '{ctx.stage_name}': {exc}") from exc
 
         write_json(ctx.outputs["qconfig"] / QCONFIG_FILE, qconfig)
-        metrics = summarize(qconfig)
+        metrics: dict[str, Any] = summarize(qconfig)
+        metrics.update(describe_scheme(qconfig))
         activation = qconfig["activation"]
         return StageResult(
             metrics=metrics,
@@ -48,3 +49,37 @@ class PrepareQconfig(Stage):
                 f"{activation['observer']} observer), {metrics['skipped_nodes']} skipped, {metrics['float_nodes']} float"
             ),
         )
+
+    def report(self, name: str, record: Mapping[str, Any]) -> str:
+        metrics = record.get("metrics") or {}
+        if "activation" not in metrics:
+            return ""
+        activation = metrics["activation"]
+        weight = metrics["weight"]
+        lines = [
+            f"### Quantization config ({name})",
+            "",
+            f"- target: {metrics.get('target', 'onnxruntime')}",
+            f"- activations: {activation['dtype']}, {activation['observer']} observer"
+            + (f" (percentile {activation['percentile']})" if "percentile" in activation else ""),
+            f"- weights: {weight['dtype']} symmetric, {weight['observer']} observer, "
+            + ("per channel" if weight["per_channel"] else "per tensor"),
+            f"- nodes: {metrics['quantized_nodes']} quantized, {metrics['skipped_nodes']} skipped, "
+            f"{metrics['float_nodes']} float",
+            f"- skipped: {', '.join(metrics.get('skipped', [])) or 'none'}",
+            f"- float (not quantizable): {_short_list(metrics.get('float', []))}",
+        ]
+        overrides = metrics.get("overrides", [])
+        if overrides:
+            lines += ["", "Override rules, applied in order (a later rule wins):", ""]
+            for index, rule in enumerate(overrides):
+                settings = ", ".join(f"{key}={value}" for key, value in rule.items())
+                lines.append(f"{index + 1}. {settings}")
+        return "\n".join(lines) + "\n"
+
+
+def _short_list(names: list[str], limit: int = 20) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"

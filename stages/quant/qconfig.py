@@ -221,6 +221,23 @@ def summarize(qconfig: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def describe_scheme(qconfig: dict[str, Any]) -> dict[str, Any]:
+    """The scheme, skipped and float node names and override rules, for stage metrics and the report."""
+    entries = qconfig["nodes"]
+    return {
+        "target": qconfig.get("target", "onnxruntime"),
+        "activation": qconfig["activation"],
+        "weight": qconfig["weight"],
+        "skipped": [name for name, entry in entries.items() if entry.get("skipped")],
+        "float": [
+            name
+            for name, entry in entries.items()
+            if entry["pattern"] == "float" and entry["op"] not in ("placeholder", "get_attr")
+        ],
+        "overrides": qconfig.get("overrides", []),
+    }
+
+
 def _check_skip(gm: fx.GraphModule, skip: list[str]) -> None:
     node_names = {node.name for node in gm.graph.nodes}
     module_targets = {node.target for node in gm.graph.nodes if node.op == "call_module"}

@@ -57,7 +57,11 @@ def test_prepare_qconfig_defaults(tmp_path: Path) -> None:
     assert qconfig["nodes"]["softmax"]["pattern"] == "float"
     assert qconfig["nodes"]["softmax"]["quantize"] is False
     assert qconfig["nodes"]["flatten"]["op_type"] == "flatten"
-    assert result.metrics == {"quantized_nodes": 6, "skipped_nodes": 0, "float_nodes": 1}
+    assert result.metrics["quantized_nodes"] == 6
+    assert result.metrics["skipped_nodes"] == 0
+    assert result.metrics["float_nodes"] == 1
+    assert result.metrics["float"] == ["softmax"]
+    assert result.metrics["target"] == "onnxruntime"
     assert "6 nodes to quantize" in result.message
 
 
@@ -76,3 +80,51 @@ def test_prepare_qconfig_records_params_and_skip(tmp_path: Path) -> None:
 def test_prepare_qconfig_rejects_unknown_skip(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="stage 'qconfig'.*'layer4'"):
         load_stage("prepare-qconfig").run(_context(tmp_path, {"skip": ["layer4"]}))
+
+
+def test_symmetric_target_and_explicit_override(tmp_path: Path) -> None:
+    load_stage("prepare-qconfig").run(_context(tmp_path, {"target": "symmetric", "per_channel": False}))
+    qconfig = json.loads((tmp_path / "qconfig" / "qconfig.json").read_text())
+
+    assert qconfig["target"] == "symmetric"
+    assert qconfig["activation"] == {"observer": "minmax", "dtype": "int8"}
+    assert qconfig["weight"] == {"observer": "minmax", "dtype": "int8", "per_channel": False}
+    assert qconfig["nodes"]["conv"]["activation"]["dtype"] == "int8"
+
+
+def test_override_rules_apply_in_order(tmp_path: Path) -> None:
+    overrides = [
+        {"op": "Conv2d", "activation_observer": "percentile", "weight_observer": "mse"},
+        {"match": "con*", "activation_dtype": "int8"},
+        {"match": "conv", "activation_observer": "entropy"},
+        {"op": "Linear", "quantize": False},
+    ]
+    result = load_stage("prepare-qconfig").run(_context(tmp_path, {"overrides": overrides}))
+    qconfig = json.loads((tmp_path / "qconfig" / "qconfig.json").read_text())
+    conv = qconfig["nodes"]["conv"]
+
+    assert conv["activation"] == {"observer": "entropy", "dtype": "int8"}
+    assert conv["weight"]["observer"] == "mse"
+    assert conv["overrides"] == [0, 1, 2]
+    assert qconfig["nodes"]["relu"]["activation"] == {"observer": "minmax", "dtype": "uint8"}
+    assert qconfig["nodes"]["fc"]["quantize"] is False
+    assert "fc" not in qconfig["skip"]
+
+    report = load_stage("prepare-qconfig").report("qconfig", {"metrics": result.metrics})
+    assert report.startswith("### Quantization config (qconfig)")
+    assert "- weights: int8 symmetric, minmax observer, per channel" in report
+    assert "4. op=Linear, quantize=False" in report
+    assert "- float (not quantizable): softmax" in report
+
+
+def test_skip_wins_over_override(tmp_path: Path) -> None:
+    params = {"overrides": [{"match": "fc", "quantize": True}], "skip": ["fc"]}
+    load_stage("prepare-qconfig").run(_context(tmp_path, params))
+    qconfig = json.loads((tmp_path / "qconfig" / "qconfig.json").read_text())
+    assert qconfig["nodes"]["fc"]["quantize"] is False
+    assert qconfig["nodes"]["fc"]["skipped"] is True
+
+
+def test_override_matching_nothing_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match="override rule 0 .* matches no node"):
+        load_stage("prepare-qconfig").run(_context(tmp_path, {"overrides": [{"match": "layer9.*", "quantize": False}]}))
