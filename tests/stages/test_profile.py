@@ -202,12 +202,13 @@ def test_report_has_every_section(tmp_path: Path) -> None:
     report = (tmp_path / "out" / "report.md").read_text()
     lines = report.splitlines()
     assert lines[0] == "# tiny"
-    first_section = next(index for index, line in enumerate(lines) if line.startswith("## "))
+    first_section = next(index for index, line in enumerate(lines) if index > 0 and line.startswith("#"))
     assert lines[first_section - 1] == ""
     assert lines[first_section - 2].startswith("Pipeline file:")
     # Sections follow the pipeline order.
     headings = [line for line in lines if line.startswith("## ")]
     assert headings == ["## Accuracy: evaluate", "## Export: onnx_fp32", "## Export: onnx_int8", "## Size and speed: profile"]
+    assert report.index("Quantization config (qconfig)") < report.index("## Accuracy: evaluate")
     assert "Parity with PyTorch in onnxruntime passed" in report
     assert "| onnxruntime | int8 |" in report
 
