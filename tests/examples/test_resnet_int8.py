@@ -19,6 +19,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_FILES = ("resnet_int8.yaml", "digits_resnet.py", "digits_resnet.pt")
+KINDS = {"trace", "prepare-qconfig", "insert-observers", "calibrate", "convert", "evaluate", "export", "profile"}
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_first_run_runs_every_kind(example: tuple[Path, dict]) -> None:
     _, data = example
     kinds = {stage["kind"] for stage in data["stages"]}
-    assert kinds == {"trace", "prepare-qconfig", "insert-observers", "calibrate", "convert", "evaluate", "export", "profile"}
+    assert kinds == KINDS
     assert set(statuses(data).values()) == {"ran"}
 
 
@@ -112,7 +113,7 @@ def test_param_change_reruns_dependents_only(example: tuple[Path, dict]) -> None
     assert code == 0, data.get("error")
     assert statuses(data) == {
         "trace": "cached", "qconfig": "cached", "observe": "cached", "calibrate": "ran", "convert": "ran",
-        "evaluate": "ran", "onnx_fp32": "cached", "onnx_int8": "ran", "profile": "ran",
+        "evaluate": "ran", "onnx_fp32": "cached", "onnx_int8": "ran", "caffe": "ran", "profile": "ran",
     }
 
 
@@ -137,6 +138,7 @@ def test_failing_gate_exits_1_and_skips(example: tuple[Path, dict]) -> None:
     status = statuses(data)
     assert status["evaluate"] == "failed"
     assert status["onnx_int8"] == "skipped"
+    assert status["caffe"] == "skipped"
     assert status["profile"] == "skipped"
     assert status["onnx_fp32"] == "cached"
     assert "accuracy test failed" in data["error"]
