@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 import onnx.checker
+import onnx.external_data_helper
 import onnx.shape_inference
 import torch
 
@@ -64,8 +65,8 @@ class ExportRequest:
     published_path: str
     dataset_name: str | None = None
     dataset_spec: Mapping[str, Any] | None = None
-    # Serialized size above which weights go to an external data file.
-    external_data_threshold: int = PROTO_SIZE_LIMIT
+    # Serialized size above which weights go to an external data file (None: PROTO_SIZE_LIMIT).
+    external_data_threshold: int | None = None
 
 
 def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
@@ -102,17 +103,21 @@ def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
     return metrics, message
 
 
-def save_onnx(model: onnx.ModelProto, path: Path, data_name: str, threshold: int = PROTO_SIZE_LIMIT) -> str | None:
+def save_onnx(model: onnx.ModelProto, path: Path, data_name: str, threshold: int | None = None) -> str | None:
     """Write the model; return the external data file's name, or None when it fits one proto.
 
     A protobuf message cannot exceed 2 GB, so above ``threshold`` bytes every
-    initializer goes to ``data_name`` beside the model file.
+    initializer goes to ``data_name`` beside the model file. ``threshold``
+    defaults to PROTO_SIZE_LIMIT.
     """
+    threshold = PROTO_SIZE_LIMIT if threshold is None else threshold
     if model.ByteSize() <= threshold:
         onnx.save_model(model, str(path))
         return None
     (path.parent / data_name).unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=0)
+    # Saving moved the weights out of the proto; put them back for the divergence search.
+    onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     log.info("saved %s with external data %s (%d bytes > %d)", path.name, data_name, model.ByteSize(), threshold)
     return data_name
 

@@ -186,3 +186,83 @@ def test_config_and_files_select_data_set(tmp_path: Path) -> None:
     assert Export().config({"data": "holdout"}, pipeline) == {"data": {"source": "digits"}}
     assert Export().config({}, pipeline) == {}
     assert Export().files({}, pipeline, tmp_path) == []
+
+
+def test_contract_is_in_model_metadata(root: Path) -> None:
+    ctx = make_context(root, {"format": "onnx", "dynamic_batch": True})
+    Export().run(ctx)
+
+    folder = ctx.outputs["export"]
+    model = onnx.load(str(folder / "model.onnx"))
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    beside = json.loads((folder / "input_contract.json").read_text())
+    assert json.loads(metadata["input_contract"]) == beside
+    assert beside["inputs"] == [{"name": "x", "shape": ["batch", 1, 8, 8], "dtype": "float32", "layout": "NCHW"}]
+
+
+def test_external_data_above_threshold(root: Path) -> None:
+    from stages.onnx.exporter import ExportRequest, export_onnx
+
+    output = root / "export_artifact"
+    output.mkdir()
+    request = ExportRequest(
+        stage_name="onnx_fp32",
+        model_dir=root / "model_artifact",
+        output_dir=output,
+        root=root,
+        precision="fp32",
+        opset=17,
+        dynamic_batch=False,
+        samples=4,
+        max_rel_diff=1e-4,
+        min_within_one_step_pct=99.9,
+        published_path="out/big.onnx",
+        external_data_threshold=1024,
+    )
+
+    metrics, _ = export_onnx(request)
+
+    assert metrics["external_data"] == "big.onnx.data"
+    assert sorted(path.name for path in output.iterdir()) == ["big.onnx.data", "input_contract.json", "model.onnx"]
+    assert (output / "model.onnx").stat().st_size < 4096 < (output / "big.onnx.data").stat().st_size
+    graph_module = torch.load(root / "model_artifact" / "model.pt", weights_only=False)
+    batch = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    expected = graph_module(torch.from_numpy(batch)).detach().numpy()
+    np.testing.assert_allclose(run_model(output / "model.onnx", batch), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_stage_publishes_external_data(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stages.onnx import exporter
+
+    # A limit of 1 KiB makes this small model take the path of a model over 2 GB.
+    monkeypatch.setattr(exporter, "PROTO_SIZE_LIMIT", 1024)
+    ctx = make_context(root, {"format": "onnx", "file_name": "digits"})
+
+    result = Export().run(ctx)
+
+    assert result.publish["digits.onnx.data"] == "export/digits.onnx.data"
+    assert (ctx.outputs["export"] / "digits.onnx.data").is_file()
+
+
+def test_failed_gate_removes_external_data(root: Path) -> None:
+    from stages.onnx import exporter
+
+    request = exporter.ExportRequest(
+        stage_name="onnx_fp32",
+        model_dir=root / "model_artifact",
+        output_dir=root,
+        root=root,
+        precision="fp32",
+        opset=17,
+        dynamic_batch=False,
+        samples=4,
+        max_rel_diff=1e-12,
+        min_within_one_step_pct=99.9,
+        published_path="out/big.onnx",
+        external_data_threshold=1024,
+    )
+    before = sorted(path.name for path in root.iterdir())
+
+    with pytest.raises(StageFailed):
+        exporter.export_onnx(request)
+    assert sorted(path.name for path in root.iterdir()) == before

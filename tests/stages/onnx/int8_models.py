@@ -56,3 +56,20 @@ def quantize_model(
     calibrate(observed, inputs.split(8))
     int8, _ = convert(observed)
     return fp32, int8.eval(), inputs
+
+
+def quantize_graph(
+    fp32: fx.GraphModule,
+    input_shape: list[int],
+    batches: int = 1,
+    batch_size: int = 2,
+    activation_dtype: str = "uint8",
+) -> fx.GraphModule:
+    """Calibrate a traced model on seeded random batches and convert it to int8."""
+    params = fill_defaults(load_schema(stage_schema_path("prepare-qconfig")), {"activation_dtype": activation_dtype})
+    qconfig = build_qconfig(fp32, input_shape, params)
+    observed, _ = insert_observers(fp32, qconfig)
+    generator = torch.Generator().manual_seed(1)
+    calibrate(observed, [torch.randn(batch_size, *input_shape[1:], generator=generator) for _ in range(batches)])
+    int8, _ = convert(observed)
+    return int8.eval()
