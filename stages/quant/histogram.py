@@ -42,13 +42,21 @@ class StreamingHistogram:
     def centers(self) -> torch.Tensor:
         return self.lo + self.width * (torch.arange(self.bins, dtype=torch.float64) + 0.5)
 
-    def add(self, values: torch.Tensor) -> None:
-        """Add a batch of finite values."""
-        values = values.detach().reshape(-1).to(torch.float64)
+    def add(self, values: torch.Tensor, batch_min: float | None = None, batch_max: float | None = None) -> None:
+        """Add a batch of finite values; ``batch_min`` and ``batch_max`` save a pass when the caller has them.
+
+        The counts come from torch.histc on the values' own dtype and device,
+        so no float64 copy of the batch is made.
+        """
+        values = values.detach().reshape(-1)
         if values.numel() == 0:
             return
-        data_lo = min(float(values.min()), 0.0)
-        data_hi = max(float(values.max()), 0.0)
+        if not torch.is_floating_point(values):
+            values = values.to(torch.float32)
+        if batch_min is None or batch_max is None:
+            batch_min, batch_max = (float(value) for value in torch.aminmax(values))
+        data_lo = min(batch_min, 0.0)
+        data_hi = max(batch_max, 0.0)
 
         if self.empty:
             self.lo = data_lo
@@ -57,8 +65,10 @@ class StreamingHistogram:
         elif data_lo < self.lo or data_hi > self.hi:
             self._widen(data_lo, data_hi)
 
-        index = torch.floor((values - self.lo) / self.width).clamp(0, self.bins - 1).to(torch.int64)
-        self.counts += torch.bincount(index, minlength=self.bins).to(torch.float64)
+        # histc puts a value equal to the upper edge into the last bin and
+        # ignores values outside [lo, hi]; after widening there are none.
+        counts = torch.histc(values, bins=self.bins, min=self.lo, max=self.hi)
+        self.counts += counts.to(device=self.counts.device, dtype=torch.float64)
 
     def _widen(self, data_lo: float, data_hi: float) -> None:
         # Shift the low edge down by ``shift`` old bins, then merge ``factor``

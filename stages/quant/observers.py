@@ -15,6 +15,7 @@ search) and ``mse`` (clip range minimizing the expected quantization error).
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,19 +48,22 @@ class Observer(nn.Module):
         if not torch.is_floating_point(x):
             raise TypeError(f"observer of {self.value_name!r} got a {x.dtype} tensor, expected floating point")
         values = x.detach()
-        if not bool(torch.isfinite(values).all()):
+        if values.numel() == 0:
+            return x
+        # One pass for min and max; a NaN or an infinity shows in them, so
+        # no separate isfinite pass is needed.
+        batch_min, batch_max = (float(value) for value in torch.aminmax(values))
+        if not (math.isfinite(batch_min) and math.isfinite(batch_max)):
             raise ValueError(
                 f"observer of {self.value_name!r} got NaN or infinite values; check the model and its input data"
             )
-        self.observe(values)
+        self.observe(values, batch_min, batch_max)
         self.batches += 1
         return x
 
-    def observe(self, values: torch.Tensor) -> None:
-        if values.numel() == 0:
-            return
-        self.min_val = min(self.min_val, float(values.min()))
-        self.max_val = max(self.max_val, float(values.max()))
+    def observe(self, values: torch.Tensor, batch_min: float, batch_max: float) -> None:
+        self.min_val = min(self.min_val, batch_min)
+        self.max_val = max(self.max_val, batch_max)
 
     @property
     def calibrated(self) -> bool:
@@ -119,17 +123,13 @@ class MovingAverageObserver(Observer):
         self.avg_min = 0.0
         self.avg_max = 0.0
 
-    def observe(self, values: torch.Tensor) -> None:
-        if values.numel() == 0:
-            return
-        batch_min = float(values.min())
-        batch_max = float(values.max())
+    def observe(self, values: torch.Tensor, batch_min: float, batch_max: float) -> None:
         if self.batches == 0:
             self.avg_min, self.avg_max = batch_min, batch_max
         else:
             self.avg_min += self.averaging_constant * (batch_min - self.avg_min)
             self.avg_max += self.averaging_constant * (batch_max - self.avg_max)
-        super().observe(values)
+        super().observe(values, batch_min, batch_max)
 
     def clip_range(self) -> tuple[float, float]:
         self._check_calibrated()
@@ -154,12 +154,9 @@ class _HistogramObserver(Observer):
         super().__init__(dtype, value_name)
         self.histogram = StreamingHistogram(bins)
 
-    def observe(self, values: torch.Tensor) -> None:
-        super().observe(values)
-        self.histogram.add(self._histogram_values(values))
-
-    def _histogram_values(self, values: torch.Tensor) -> torch.Tensor:
-        return values
+    def observe(self, values: torch.Tensor, batch_min: float, batch_max: float) -> None:
+        super().observe(values, batch_min, batch_max)
+        self.histogram.add(values, batch_min, batch_max)
 
     def stats(self) -> dict[str, torch.Tensor]:
         stats = super().stats()
@@ -212,8 +209,9 @@ class EntropyObserver(_HistogramObserver):
 
     kind = "entropy"
 
-    def _histogram_values(self, values: torch.Tensor) -> torch.Tensor:
-        return values.abs()
+    def observe(self, values: torch.Tensor, batch_min: float, batch_max: float) -> None:
+        Observer.observe(self, values, batch_min, batch_max)
+        self.histogram.add(values.abs(), 0.0, max(-batch_min, batch_max))
 
     def quantization_bins(self) -> int:
         # uint8 on non-negative data uses all 256 levels on [0, T]; otherwise

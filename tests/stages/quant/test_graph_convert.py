@@ -196,3 +196,58 @@ def test_int8_model_survives_save_and_load(tmp_path: Path) -> None:
     assert loaded.value_names == int8.value_names
     assert loaded.qparams == int8.qparams
     assert torch.equal(loaded(x), int8(x))
+
+
+def test_override_rules_reach_the_int8_model() -> None:
+    gm = tiny_resnet()
+    overrides = [
+        {"match": "layer1.0.conv1", "activation_dtype": "int8"},
+        {"op": "Linear", "per_channel": False, "weight_observer": "mse"},
+        {"match": "layer1.1.*", "op": "Conv2d", "quantize": False},
+    ]
+    int8 = _quantize(gm, _calibration_batches(), overrides=overrides)
+    modules = dict(int8.named_modules())
+
+    assert int8.qparams["layer1_0_conv1"]["dtype"] == "int8"
+    assert int8.qparams["conv1"]["dtype"] == "uint8"
+    fc = modules["fc"]
+    assert isinstance(fc, QuantLinear)
+    assert torch.all(fc.weight_scale == fc.weight_scale[0])
+    assert type(modules["layer1.1.conv1"]) is nn.Conv2d
+    assert type(modules["layer1.1.conv2"]) is nn.Conv2d
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert _sqnr_db(gm(x), int8(x)) > 20.0
+
+
+def test_mixed_ops_convert_to_int8_modules() -> None:
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.act = nn.Hardswish()
+            self.gate = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.act(self.conv(x))
+            a, b = torch.chunk(y, 2, dim=1)
+            s = torch.sigmoid(self.gate(y).mean((2, 3), keepdim=True))
+            z = torch.cat([b, a], dim=1) * s
+            z = torch.nn.functional.relu6(z).permute(0, 2, 3, 1)
+            return torch.matmul(z, z.transpose(2, 3)).flatten(1)
+
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(Mixed().eval())
+    int8 = _quantize(gm, _calibration_batches())
+    modules = dict(int8.named_modules())
+    kinds = {type(modules[node.target]).__name__ for node in int8.graph.nodes if node.op == "call_module"}
+
+    assert {"QuantHardswish", "QuantSigmoid", "QuantMean", "QuantCat", "QuantMul", "QuantReLU6", "QuantMatMul"} <= kinds
+    assert kinds <= {"Quantize", "Dequantize", "QuantConv2d"} | {
+        "QuantHardswish", "QuantSigmoid", "QuantMean", "QuantCat", "QuantMul", "QuantReLU6", "QuantMatMul"
+    }
+    for name in ("chunk", "getitem", "getitem_1", "permute", "transpose"):
+        assert name in int8.qparams
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert _sqnr_db(gm(x), int8(x)) > 15.0
