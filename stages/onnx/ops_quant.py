@@ -117,18 +117,33 @@ def emit_quant_conv(graph: OnnxGraph, node: torch.fx.Node, module: QuantConv2d) 
 
 @register_module(QuantLinear)
 def emit_quant_linear(graph: OnnxGraph, node: torch.fx.Node, module: QuantLinear) -> None:
-    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
-    bias = _per_channel_dequantize(graph, node, "bias", module.bias, module.bias_scale, axis=0)
+    """DQ -> Gemm -> Q; an input with leading dimensions is flattened to 2-d first.
 
-    if len(graph.shape(node.args[0])) == 2:
-        weight = _per_channel_dequantize(graph, node, "weight", module.weight, module.weight_scale, axis=0)
+    onnxruntime fuses DequantizeLinear -> Gemm -> QuantizeLinear into QGemm,
+    but leaves MatMul -> Add (the form of a 3-d Linear) in float, so the
+    integer tensor is reshaped to (rows, in_features) and back; a Reshape of
+    q values is exact.
+    """
+    input_shape = graph.shape(node.args[0])
+    bias = _per_channel_dequantize(graph, node, "bias", module.bias, module.bias_scale, axis=0)
+    weight = _per_channel_dequantize(graph, node, "weight", module.weight, module.weight_scale, axis=0)
+    if len(input_shape) == 2:
+        source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
         result = float_step(graph, node, "Gemm", [source, weight, bias], "gemm", transB=1)
-    else:
-        # MatMul takes the weight as (in, out), so output channels are on axis 1.
-        weight = _per_channel_dequantize(graph, node, "weight", module.weight.t().contiguous(), module.weight_scale, axis=1)
-        product = float_step(graph, node, "MatMul", [source, weight], "matmul")
-        result = float_step(graph, node, "Add", [product, bias], "bias_add")
-    _finish(graph, node, result, module.relu, module.output_qparams)
+        _finish(graph, node, result, module.relu, module.output_qparams)
+        return
+
+    flat_shape = graph.add_constant(f"{node.name}/rows_shape", [-1, input_shape[-1]], np.int64)
+    rows = float_step(graph, node, "Reshape", [graph.tensor(node.args[0]), flat_shape], "rows")
+    source = float_step(graph, node, "DequantizeLinear", [rows] + _scale_and_zero_point(graph, f"{node.name}/input", module.input_qparams), "input_dq")
+    result = float_step(graph, node, "Gemm", [source, weight, bias], "gemm", transB=1)
+    if module.relu:
+        result = float_step(graph, node, "Relu", [result], "relu")
+    quantized = float_step(graph, node, "QuantizeLinear", [result] + _scale_and_zero_point(graph, f"{node.name}/output", module.output_qparams), "gemm_q")
+    output_shape = graph.shape(node)
+    if graph.dynamic_batch:
+        output_shape[0] = -1
+    graph.emit("Reshape", node, [quantized, graph.add_constant(f"{node.name}/shape", output_shape, np.int64)])
 
 
 @register_module(QuantAdd)

@@ -145,7 +145,38 @@ def test_int8_export_stage(tmp_path: Path) -> None:
 
     assert result.metrics["precision"] == "int8"
     assert result.metrics["int8_kernels"] >= 5
+    assert result.metrics["float_compute_nodes"] == 0
     assert result.metrics["within_one_step_pct"] >= 99.9
     assert result.metrics["passed"] is True
     assert result.message.startswith("accuracy test passed: within_one_step_pct=")
     assert sorted(path.name for path in output.iterdir()) == ["input_contract.json", "model.onnx"]
+
+
+class TokenMlp(torch.nn.Module):
+    """A Linear on (batch, tokens, features), as in transformer blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.relu = torch.nn.ReLU()
+        self.fc2 = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.relu(self.fc1(x)))
+
+
+@pytest.mark.parametrize("dynamic_batch", [False, True])
+def test_linear_on_tokens_runs_as_qgemm(tmp_path: Path, dynamic_batch: bool) -> None:
+    from stages.onnx.parity import float_compute_nodes
+
+    _, int8, inputs = quantize_model(TokenMlp(), [2, 5, 8])
+    model = export_graph_module(int8, inputs[:2], opset=17, dynamic_batch=dynamic_batch)
+    onnx.checker.check_model(model, full_check=True)
+
+    count, histogram = count_int8_kernels(model, tmp_path)
+    assert histogram.get("QGemm", 0) == 2
+    assert float_compute_nodes(histogram) == 0
+    batch_size = 3 if dynamic_batch else 2
+    batches = [inputs[:batch_size].numpy()]
+    comparison = compare_outputs(create_session(model), int8, batches, output_quantization_steps(int8))
+    assert comparison.within_one_step_pct >= 99.9
