@@ -19,6 +19,7 @@ from torch import nn
 from torchvision.models import swin_transformer
 
 from stages.onnx.emitter import EmitError, OnnxGraph, _fetch_attribute, argument
+from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET
 from stages.onnx.registry import register_function, register_module
 
 
@@ -71,9 +72,12 @@ def emit_multihead_attention(graph: OnnxGraph, node: torch.fx.Node, module: nn.M
     query_length = graph.shape(args[0])[0 if not module.batch_first else 1]
     key_length = graph.shape(args[1])[0 if not module.batch_first else 1]
 
-    weight = graph.add_tensor_initializer(f"{name}.in_proj_weight", module.in_proj_weight)
-    bias = graph.add_tensor_initializer(f"{name}.in_proj_bias", module.in_proj_bias) if module.in_proj_bias is not None else None
     if args[0] is args[1] is args[2]:
+        # Self-attention: one product with the packed (3 * embed, embed) weight, then Split.
+        weight = graph.add_tensor_initializer(f"{name}.in_proj_weight", module.in_proj_weight)
+        bias = None
+        if module.in_proj_bias is not None:
+            bias = graph.add_tensor_initializer(f"{name}.in_proj_bias", module.in_proj_bias)
         packed = _linear(graph, f"{name}/in_proj", sources[0], weight, bias)
         split = graph.add_constant(f"{name}/split", [embed] * 3, np.int64)
         projected = [graph.unique_name(f"{name}/{label}") for label in ("query", "key", "value")]
@@ -87,7 +91,6 @@ def emit_multihead_attention(graph: OnnxGraph, node: torch.fx.Node, module: nn.M
             if module.in_proj_bias is not None:
                 part_bias = graph.add_tensor_initializer(f"{name}.{label}_bias", module.in_proj_bias[rows])
             projected.append(_linear(graph, f"{name}/{label}_proj", source, part_weight, part_bias))
-        del weight, bias
 
     heads_first = []
     for label, tensor, length in zip(("query", "key", "value"), projected, (query_length, key_length, key_length)):
@@ -106,10 +109,11 @@ def emit_multihead_attention(graph: OnnxGraph, node: torch.fx.Node, module: nn.M
     weights = None
     if graph.value(argument(node, 4, "need_weights", True)):
         if graph.value(argument(node, 6, "average_attn_weights", True)):
-            axes = graph.add_constant(f"{name}/head_axis", [1], np.int64)
-            weights = graph.step("ReduceMean", [probabilities, axes], f"{name}/weights", keepdims=0) if graph.opset >= 18 else graph.step(
-                "ReduceMean", [probabilities], f"{name}/weights", axes=[1], keepdims=0
-            )
+            if graph.opset >= REDUCE_AXES_INPUT_OPSET:
+                axes = graph.add_constant(f"{name}/head_axis", [1], np.int64)
+                weights = graph.step("ReduceMean", [probabilities, axes], f"{name}/weights", keepdims=0)
+            else:
+                weights = graph.step("ReduceMean", [probabilities], f"{name}/weights", axes=[1], keepdims=0)
         else:
             weights = probabilities
     graph.sequences[node.name] = [output, weights]

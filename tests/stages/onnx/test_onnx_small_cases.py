@@ -184,3 +184,23 @@ def test_stochastic_depth_is_identity_in_eval() -> None:
     model = export_and_compare(nn.Sequential(nn.Linear(4, 4), StochasticDepth(0.5, "row")), (2, 4))
 
     assert [node.op_type for node in model.graph.node] == ["Gemm"]
+
+
+class CrossAttention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        memory = x[:, 1:4] * 2.0
+        return self.attention(x, memory, memory, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_multihead_attention_separate_key_value(opset: int) -> None:
+    export_and_compare(CrossAttention(), (2, 5, 8), opset=opset)
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_multihead_attention_weights_opsets(opset: int) -> None:
+    export_and_compare(AttentionWeights(), (2, 3, 8), opset=opset)
