@@ -107,3 +107,58 @@ def test_chunk_inputs_dynamic_batch_keeps_one_batch() -> None:
     inputs = np.zeros((7, 3), dtype=np.float32)
 
     assert [batch.shape for batch in chunk_inputs(inputs, None)] == [(7, 3)]
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.norm = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attention(x, x, x, need_weights=False)
+        return self.fc(self.norm(x + y))
+
+
+def test_divergence_names_layer_norm() -> None:
+    torch.manual_seed(0)
+    graph_module = trace_model(AttentionBlock().eval())
+    batch = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    model = export_graph_module(graph_module, torch.from_numpy(batch))
+    broken = perturb_initializer(model, "norm.weight", 1.01)
+
+    divergence = find_divergence(broken, graph_module, batch, max_rel_diff=1e-4)
+
+    assert divergence is not None
+    assert divergence.onnx_node == "norm"
+    assert divergence.op_type == "LayerNormalization"
+    assert divergence.max_rel_diff > 1e-3
+
+
+class HardswishCat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.conv2 = nn.Conv2d(3, 4, 1)
+        self.conv3 = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(torch.cat([self.act(self.conv1(x)), self.conv2(x)], dim=1))
+
+
+def test_divergence_names_int8_hardswish() -> None:
+    from int8_models import quantize_model
+    from stages.quant.modules import QuantHardswish
+
+    _, int8, inputs = quantize_model(HardswishCat(), [1, 3, 8, 8])
+    assert isinstance(int8.get_submodule("act"), QuantHardswish)
+    model = export_graph_module(int8, inputs[:1])
+    broken = perturb_initializer(model, "act/output_scale", 1.5)
+
+    divergence = find_divergence(broken, int8, inputs[:1].numpy(), max_rel_diff=1e-4, min_within_one_step_pct=99.9)
+
+    assert divergence is not None
+    assert divergence.fx_node == "act"
+    assert divergence.op_type == "QuantizeLinear"
