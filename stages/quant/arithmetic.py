@@ -4,12 +4,12 @@ real = scale * (q - zero_point). Rounding is half to even (``torch.round``),
 results saturate to the integer range of the dtype. Scales are float32
 values (the precision ONNX stores them in).
 
-Requantization follows onnxruntime's MLAS kernels (MlasRequantizeOutput,
-used by QLinearConv, QGemm and QLinearGlobalAveragePool) bit for bit: the
-exact int32 accumulator is converted to float32, multiplied in float32 by a
-float32 multiplier computed as float32(float32(input_scale * weight_scale)
-/ output_scale), clamped to [qmin - zero_point, qmax - zero_point], rounded
-half to even and shifted by the zero point.
+Requantization follows onnxruntime's MLAS kernel MlasRequantizeOutput
+(used by QLinearConv, QGemm and QLinearGlobalAveragePool) bit for bit. The
+exact int32 accumulator is converted to float32 and multiplied in float32
+by the multiplier float32(float32(input_scale * weight_scale) /
+output_scale). The product is clamped to [qmin - zero_point, qmax -
+zero_point], rounded half to even and shifted by the zero point.
 
 Activations are ``uint8`` (asymmetric, any zero point in [0, 255]) or
 ``int8`` (symmetric, zero point 0, range [-128, 127]). Weights are ``int8``

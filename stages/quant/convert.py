@@ -337,7 +337,7 @@ def _summarize(gm: fx.GraphModule) -> ConvertSummary:
 
 
 def _pool_module(node: fx.Node, modules: dict[str, nn.Module], cls: type[nn.Module]) -> nn.Module:
-    """The pooling module of a call_module node, or one built from F.max_pool2d / F.avg_pool2d arguments."""
+    """Return the pooling module of a call_module node, or build one from F.max_pool2d / F.avg_pool2d arguments."""
     if node.op == "call_module":
         return modules[node.target]
     names = (

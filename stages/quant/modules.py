@@ -12,10 +12,10 @@ arithmetic written out, so an exporter and a reader can check that
 onnxruntime computes the same numbers. Integer dot products are exact: they
 run in float64, which is exact below 2**53, and construction checks that
 they fit the int32 accumulator. Requantization then repeats onnxruntime
-1.32's CPU kernels step by step in float32 (see stages.quant.arithmetic),
-so the integer outputs equal onnxruntime's (QLinearConv, QGemm,
-QLinearAdd, QLinearGlobalAveragePool) bit for bit;
-tests/stages/quant/test_ort_parity.py checks this.
+1.32's CPU kernels step by step in float32 (see stages.quant.arithmetic).
+So the integer outputs equal those of QLinearConv, QGemm, QLinearAdd and
+QLinearGlobalAveragePool bit for bit, which
+tests/stages/quant/test_ort_parity.py checks.
 
 NOTE: with int8 (symmetric) activations and a fused ReLU, onnxruntime keeps
 the Relu node, so it runs the float QDQ path (a float32 Conv on dequantized

@@ -27,7 +27,7 @@ How the settings of a node are decided, later steps winning:
     3. each ``overrides`` rule whose ``match`` glob matches the node's
        module name or node name and whose ``op`` matches its op type, in
        list order;
-    4. ``skip``, which keeps a node float whatever the rules say.
+    4. ``skip``, which keeps a node float whatever the rules set.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def summarize(qconfig: dict[str, Any]) -> dict[str, int]:
 
 
 def describe_scheme(qconfig: dict[str, Any]) -> dict[str, Any]:
-    """The scheme, skipped and float node names and override rules, for stage metrics and the report."""
+    """Collect the scheme, skipped and float node names and override rules, for stage metrics and the report."""
     entries = qconfig["nodes"]
     return {
         "target": qconfig.get("target", "onnxruntime"),

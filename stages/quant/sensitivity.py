@@ -3,7 +3,7 @@
 Each candidate layer is quantized alone (every other node float), calibrated
 and compared with the fp32 model on the same data. The layers are ranked by
 that score, worst first. Then the whole model is quantized as the qconfig
-says, and the worst layers are skipped one at a time until the budget is
+sets, and the worst layers are skipped one at a time until the budget is
 met or ``max_skipped`` layers are skipped. Every measurement recalibrates,
 because skipping a layer changes which values are observed.
 

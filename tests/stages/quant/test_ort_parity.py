@@ -187,3 +187,23 @@ def test_global_average_pool_equals_onnxruntime() -> None:
     expected = _run(nodes, initializers, {"x": x.numpy()}, actual)
 
     assert np.array_equal(actual.numpy(), expected)
+
+
+@pytest.mark.slow
+def test_resnet18_int8_equals_onnxruntime() -> None:
+    """A deep model: errors would compound over 20 layers, so every output must match."""
+    from stages.onnx.emitter import export_graph_module
+    from stages.onnx.exporter import output_quantization_steps
+    from stages.onnx.parity import chunk_inputs, compare_outputs, create_session
+    from torchvision_quant import quantize_model, torchvision_fp32
+
+    shape = [4, 3, 64, 64]
+    int8, _ = quantize_model(torchvision_fp32("resnet18", shape), shape, calibration_batches=4)
+    inputs = np.random.default_rng(3).standard_normal((16, 3, 64, 64)).astype(np.float32)
+    model = export_graph_module(int8, torch.from_numpy(inputs[:4]), opset=17)
+
+    comparison = compare_outputs(create_session(model), int8, chunk_inputs(inputs, 4), output_quantization_steps(int8))
+
+    assert comparison.within_one_step_pct is not None
+    assert comparison.within_one_step_pct >= 99.9
+    assert comparison.max_abs_diff == 0.0
