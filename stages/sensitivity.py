@@ -56,7 +56,7 @@ class Sensitivity(Stage):
         metric = ctx.params["metric"]
         budget = ctx.params["budget"]
 
-        tick = ctx.progress("sensitivity", len(candidate_layers(qconfig)))
+        tick = ctx.progress("sensitivity", len(candidate_layers(qconfig, fp32)))
         try:
             new_qconfig, result = analyze(fp32, qconfig, batches, metric, budget, ctx.params["max_skipped"], tick)
         except (ValueError, RuntimeError) as exc:

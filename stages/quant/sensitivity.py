@@ -29,7 +29,7 @@ from torch import fx
 from stages.quant.calibration import calibrate
 from stages.quant.convert import convert
 from stages.quant.observe import insert_observers
-from stages.quant.patterns import COMPUTE_PATTERNS
+from stages.quant.patterns import COMPUTE_PATTERNS, FUSABLE_WITH_RELU, FUSED_ACTIVATIONS
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,39 @@ class SensitivityResult:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
-def candidate_layers(qconfig: dict[str, Any]) -> list[str]:
+def candidate_layers(qconfig: dict[str, Any], fp32: fx.GraphModule) -> list[str]:
     """Quantized compute nodes of the qconfig, in graph order.
 
-    A BatchNorm node that follows a conv is left out: it folds into that
-    conv and follows its decision.
+    A BatchNorm that follows a conv and a ReLU or ReLU6 that follows a conv,
+    linear or add are left out: they fuse into that node and follow its
+    decision (see :func:`companions`).
     """
     nodes = qconfig["nodes"]
+    followers = {name for layer in nodes for name in companions(qconfig, fp32, layer)}
     return [
         name
         for name, entry in nodes.items()
-        if entry["quantize"] and entry["pattern"] in COMPUTE_PATTERNS and entry["pattern"] != "batchnorm"
+        if entry["quantize"] and entry["pattern"] in COMPUTE_PATTERNS and name not in followers
     ]
+
+
+def companions(qconfig: dict[str, Any], fp32: fx.GraphModule, layer: str) -> list[str]:
+    """Nodes that fuse into ``layer``: a BatchNorm after a conv, then a ReLU or ReLU6 after it."""
+    nodes = qconfig["nodes"]
+    graph_nodes = {node.name: node for node in fp32.graph.nodes}
+    if nodes[layer]["pattern"] not in FUSABLE_WITH_RELU:
+        return []
+    result: list[str] = []
+    current = graph_nodes[layer]
+    for wanted in ({"batchnorm"}, FUSED_ACTIVATIONS):
+        users = list(current.users)
+        if len(users) != 1 or nodes[users[0].name]["pattern"] not in wanted:
+            continue
+        if "batchnorm" in wanted and nodes[layer]["pattern"] != "conv":
+            continue
+        result.append(users[0].name)
+        current = users[0]
+    return result
 
 
 def score(metric: str, references: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> float:
@@ -106,21 +127,20 @@ def only_layer(qconfig: dict[str, Any], fp32: fx.GraphModule, layer: str) -> dic
     """
     variant = copy.deepcopy(qconfig)
     nodes = variant["nodes"]
-    keep = {layer}
-    graph_nodes = {node.name: node for node in fp32.graph.nodes}
-    for user in graph_nodes[layer].users:
-        if nodes[user.name]["pattern"] == "batchnorm":
-            keep.add(user.name)
+    keep = {layer, *companions(qconfig, fp32, layer)}
     for name, entry in nodes.items():
         if entry["pattern"] in COMPUTE_PATTERNS and name not in keep:
             entry["quantize"] = False
     return variant
 
 
-def with_skipped(qconfig: dict[str, Any], layers: Sequence[str], reasons: dict[str, str]) -> dict[str, Any]:
-    """Return a copy of ``qconfig`` with ``layers`` added to ``skip`` and kept float."""
+def with_skipped(
+    qconfig: dict[str, Any], fp32: fx.GraphModule, layers: Sequence[str], reasons: dict[str, str]
+) -> dict[str, Any]:
+    """Return a copy of ``qconfig`` with ``layers`` and their companions added to ``skip`` and kept float."""
     variant = copy.deepcopy(qconfig)
-    for name in layers:
+    names = [name for layer in layers for name in (layer, *companions(qconfig, fp32, layer))]
+    for name in names:
         entry = variant["nodes"][name]
         entry["quantize"] = False
         entry["skipped"] = True
@@ -165,7 +185,7 @@ def analyze(
     """
     if not batches:
         raise ValueError("sensitivity analysis got no batches; check the data set")
-    candidates = candidate_layers(qconfig)
+    candidates = candidate_layers(qconfig, fp32)
     if not candidates:
         raise ValueError("the qconfig quantizes no compute node, so there is no layer to rank")
     fp32.eval()
@@ -192,7 +212,7 @@ def analyze(
             break
         result.skipped.append(layer)
         reasons[layer.node] = f"quantized alone: {layer.score:.2f} {unit}"
-        new_qconfig = with_skipped(qconfig, [item.node for item in result.skipped], reasons)
+        new_qconfig = with_skipped(qconfig, fp32, [item.node for item in result.skipped], reasons)
         current = evaluate_qconfig(fp32, new_qconfig, batches, references, metric)
         result.steps.append({"skipped": len(result.skipped), "node": layer.node, "score": current})
         result.final_score = current

@@ -80,6 +80,7 @@ def test_fragile_layer_ranked_worst_and_skipped(tmp_path: Path) -> None:
     metrics = result.metrics
 
     assert metrics["ranking"][0]["node"] == "conv3"
+    assert not any(item["op_type"] == "ReLU" for item in metrics["ranking"])
     assert metrics["ranking"][0]["score_alone"] < 10.0
     assert metrics["ranking"][1]["score_alone"] > 25.0
     assert [item["node"] for item in metrics["skipped"]] == ["conv3"]
@@ -88,8 +89,9 @@ def test_fragile_layer_ranked_worst_and_skipped(tmp_path: Path) -> None:
     assert metrics["budget_met"] is True
 
     qconfig = json.loads((tmp_path / "qconfig" / "qconfig.json").read_text())
-    assert qconfig["skip"] == ["conv3"]
+    assert qconfig["skip"] == ["conv3", "relu_2"]
     assert qconfig["nodes"]["conv3"]["quantize"] is False
+    assert qconfig["nodes"]["relu_2"]["quantize"] is False
     assert "quantized alone" in qconfig["nodes"]["conv3"]["skip_reason"]
     assert qconfig["nodes"]["conv2"]["quantize"] is True
 
