@@ -29,6 +29,8 @@ QRANGES: dict[str, tuple[int, int]] = {"uint8": (0, 255), "int8": (-128, 127)}
 TORCH_DTYPES: dict[str, torch.dtype] = {"uint8": torch.uint8, "int8": torch.int8}
 WEIGHT_QMAX = 127
 INT32_MAX = 2**31 - 1
+# Integers up to this magnitude are exact in float32.
+FLOAT32_EXACT = 2**24
 INT32_MIN = -(2**31)
 
 

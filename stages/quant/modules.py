@@ -11,8 +11,9 @@ Each class maps to one ONNX QDQ pattern, given in its docstring with the
 arithmetic written out, so an exporter and a reader can check that
 onnxruntime computes the same numbers. Integer dot products are exact: they
 run in float64, which is exact below 2**53, and construction checks that
-they fit the int32 accumulator. Requantization then repeats onnxruntime
-1.32's CPU kernels step by step in float32 (see stages.quant.arithmetic).
+they fit the int32 accumulator. Where every partial sum stays below 2**24
+they run in float32, which is then exact too. Requantization repeats
+onnxruntime 1.32's CPU kernels step by step in float32 (see stages.quant.arithmetic).
 So the integer outputs equal those of QLinearConv, QGemm, QLinearAdd and
 QLinearGlobalAveragePool bit for bit, which
 tests/stages/quant/test_ort_parity.py checks.
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.quant.arithmetic import (
+    FLOAT32_EXACT,
     INT32_MAX,
     QParams,
     accumulator_bound,
@@ -135,6 +137,11 @@ class _QuantWeighted(nn.Module):
             input_scale * weight_scale) / output_scale), as onnxruntime
             computes its output scales.
         input_qparams, output_qparams (QParams).
+        exact_float32 (bool): every partial sum of the whole dot product
+            stays below 2**24, so it runs in float32 in one piece.
+        chunk_features (int): how many fan-in elements keep partial sums
+            below 2**24; longer dot products run in float32 chunks of this
+            size whose sums are added in float64.
         relu (bool): a fused ReLU or ReLU6, applied as a clamp at the output
             zero point. For ReLU6 the output range observed after it lies in
             [0, 6], so the upper clamp at 6 never binds after quantization.
@@ -166,16 +173,28 @@ class _QuantWeighted(nn.Module):
 
         fan_in = self.weight[0].numel()
         bound = accumulator_bound(fan_in, input_qparams, self.weight, self.bias)
+        # float32 kernels are exact on integers while every partial sum stays
+        # below 2**24, in any summation order, and much faster than float64
+        # ones. So the input features are split into chunks small enough for
+        # that; the chunks' sums are added in float64.
+        per_feature = accumulator_bound(fan_in, input_qparams, self.weight, torch.zeros(0)) // max(fan_in, 1)
+        self.chunk_features = int((FLOAT32_EXACT - 1) // max(per_feature, 1))
+        self.exact_float32 = self.chunk_features >= fan_in
         if bound > INT32_MAX:
             raise ValueError(
                 f"int32 accumulator may overflow: fan-in {fan_in} gives a bound of {bound} > {INT32_MAX}; "
                 "keep this layer in float with the `skip` param"
             )
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        # Modules pickled before exact_float32 existed compute in float64.
+        return torch.float32 if getattr(self, "exact_float32", False) else torch.float64
+
     def _requantize(self, acc: torch.Tensor, channel_axis: int) -> torch.Tensor:
         shape = [1] * acc.dim()
         shape[channel_axis] = -1
-        acc = acc + self.bias.to(torch.float64).reshape(shape)
+        acc = acc.to(torch.float64) + self.bias.to(torch.float64).reshape(shape)
         return requantize(acc, self.multiplier.reshape(shape), self.output_qparams, self.relu)
 
 
@@ -223,16 +242,25 @@ class QuantConv2d(_QuantWeighted):
         self.groups = int(conv.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = F.conv2d(
-            centered(x, self.input_qparams),
-            self.weight.to(torch.float64),
-            None,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-        )
+        x = centered(x, self.input_qparams)
+        kernel = self.weight[0, 0].numel()
+        channels_per_chunk = getattr(self, "chunk_features", 0) // kernel
+        if getattr(self, "exact_float32", False):
+            acc = self._conv(x.to(torch.float32), self.weight.to(torch.float32))
+        elif self.groups == 1 and channels_per_chunk >= 1:
+            acc = None
+            for start in range(0, x.shape[1], channels_per_chunk):
+                stop = start + channels_per_chunk
+                part = self._conv(x[:, start:stop].to(torch.float32), self.weight[:, start:stop].to(torch.float32))
+                acc = part.to(torch.float64) if acc is None else acc + part.to(torch.float64)
+        else:
+            acc = self._conv(x, self.weight.to(torch.float64))
         return self._requantize(acc, channel_axis=1)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # NNPACK's Winograd and FFT convolutions are not exact on integers.
+        with torch.backends.nnpack.flags(enabled=False):
+            return F.conv2d(x, weight, None, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -273,7 +301,16 @@ class QuantLinear(_QuantWeighted):
         super().__init__(linear.weight, linear.bias, input_qparams, output_qparams, relu, per_channel, weight_observer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = centered(x, self.input_qparams) @ self.weight.to(torch.float64).t()
+        x = centered(x, self.input_qparams)
+        chunk = getattr(self, "chunk_features", 0)
+        if getattr(self, "exact_float32", False) or chunk < 1:
+            dtype = self.compute_dtype
+            acc = x.to(dtype) @ self.weight.to(dtype).t()
+        else:
+            acc = None
+            for start in range(0, x.shape[-1], chunk):
+                part = x[..., start:start + chunk].to(torch.float32) @ self.weight[:, start:start + chunk].to(torch.float32).t()
+                acc = part.to(torch.float64) if acc is None else acc + part.to(torch.float64)
         return self._requantize(acc, channel_axis=acc.dim() - 1)
 
     def extra_repr(self) -> str:

@@ -218,3 +218,34 @@ def test_quantize_rounds_half_to_even() -> None:
     qparams = QParams(1.0, 0, "int8")
     q = Quantize(qparams)(torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 200.0, -200.0]))
     assert q.tolist() == [0, 2, 2, 0, -2, 127, -128]
+
+
+def test_long_dot_products_stay_exact() -> None:
+    """Fan-in 4608 and 2048: partial sums pass 2**24, so the modules sum float32 chunks in float64."""
+    torch.manual_seed(11)
+    conv = nn.Conv2d(512, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.abs_()
+    input_qparams = QParams(ref.f32(0.01), 0, "uint8")
+    module = QuantConv2d(conv, input_qparams, UINT8_OUT)
+    x = torch.full((1, 512, 3, 3), 255, dtype=torch.uint8)
+    x[0, :, 1, 1] = torch.randint(0, 256, (512,), generator=torch.Generator().manual_seed(12)).to(torch.uint8)
+    weight_q, _ = ref.weight_qparams(conv.weight.detach().numpy())
+    acc = ref.conv2d_int(x.numpy().astype(np.int64), weight_q, module.bias.numpy(), (1, 1), (1, 1), (1, 1), 1)
+    expected = ref.mlas_requantize(acc, module.multiplier.numpy().reshape(1, -1, 1, 1), UINT8_OUT.zero_point, "uint8", False)
+
+    assert module.exact_float32 is False
+    assert 0 < module.chunk_features < 4608
+    assert np.abs(acc).max() > 2**24
+    assert np.array_equal(module(x).numpy().astype(np.int64), expected)
+
+    linear = nn.Linear(2048, 3)
+    with torch.no_grad():
+        linear.weight.abs_()
+    module = QuantLinear(linear, input_qparams, UINT8_OUT)
+    x = torch.randint(200, 256, (2, 2048), generator=torch.Generator().manual_seed(13)).to(torch.uint8)
+    weight_q, _ = ref.weight_qparams(linear.weight.detach().numpy())
+    acc = x.numpy().astype(np.int64) @ weight_q.T + module.bias.numpy().astype(np.int64)
+    expected = ref.mlas_requantize(acc, module.multiplier.numpy(), UINT8_OUT.zero_point, "uint8", False)
+    assert np.abs(acc).max() > 2**24
+    assert np.array_equal(module(x).numpy().astype(np.int64), expected)
