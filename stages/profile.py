@@ -16,6 +16,9 @@ from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
 
 PROFILE_FILE = "profile.json"
+# Runs per model while measuring peak memory: the first allocates the
+# activations, the second shows whether a run keeps more than the first.
+MEMORY_RUNS = 2
 
 
 class Profile(Stage):
@@ -104,7 +107,7 @@ class Profile(Stage):
         if params["memory"]:
             targets = {f"torch_{precision}": ("torch", folder / MODEL_FILE) for precision, folder in model_dirs.items()}
             targets.update({f"onnx_{precision}": ("onnxruntime", export.path) for precision, export in compared.items() if export is not None})
-            peaks = measure_peaks(targets, timed_shape, params["threads"], params["warmup"] + 1, ctx.root)
+            peaks = measure_peaks(targets, timed_shape, params["threads"], MEMORY_RUNS, ctx.root)
             for prefix, peak in peaks.items():
                 measurements.update(peak.as_measurements(prefix))
             measurements["memory_method"] = METHOD
