@@ -56,7 +56,7 @@ def parity_input(input_shape: list[int]) -> np.ndarray:
 def test_torchvision_export(name: str, precision: str, tmp_path: Path) -> None:
     fp32, input_shape = traced(name)
     batch = parity_input(input_shape)
-    graph_module = fp32 if precision == "fp32" else quantize_graph(fp32, input_shape)
+    graph_module = fp32 if precision == "fp32" else quantize_graph(fp32, input_shape, batches=2, batch_size=8)
 
     with torch.no_grad():
         model = export_graph_module(graph_module, torch.from_numpy(batch), opset=17)
