@@ -42,6 +42,7 @@ log = logging.getLogger("benchmarks")
 DEFAULT_WORK_DIR = Path(tempfile.gettempdir()) / "brocolli-benchmarks"
 DIGITS = "resnet_int8"
 MOBILENET = "mobilenet_v2_int8"
+PARTIAL_FILE = "partial-results.json"
 
 
 def _section(results: dict[str, Any], errors: dict[str, str], name: str, function: Callable[[], Any]) -> None:
@@ -70,14 +71,21 @@ def run_benchmarks(work_dir: Path, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     runs: dict[str, Any] = {}
+    partial = work_dir / PARTIAL_FILE
+
+    def section(target: dict[str, Any], name: str, function: Callable[[], Any]) -> None:
+        _section(target, errors, name, function)
+        # Results so far, for a run that is stopped before it prints its tables.
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"results": results, "errors": errors}, indent=2) + "\n")
 
     for name in examples:
-        _section(runs, errors, f"pipeline {name}", lambda name=name: run_example(name, work_dir))
+        section(runs, f"pipeline {name}", lambda name=name: run_example(name, work_dir))
     for name in examples:
         if f"pipeline {name}" in runs:
-            _section(results, errors, f"accuracy and speed {name}", lambda name=name: compare_example(runs[f"pipeline {name}"], work_dir, quick))
+            section(results, f"accuracy and speed {name}", lambda name=name: compare_example(runs[f"pipeline {name}"], work_dir, quick))
     if f"pipeline {DIGITS}" in runs:
-        _section(results, errors, "overhead", lambda: pipeline_overhead(runs[f"pipeline {DIGITS}"].path, 3 if quick else 7))
+        section(results, "overhead", lambda: pipeline_overhead(runs[f"pipeline {DIGITS}"].path, 3 if quick else 5))
 
     def calibration() -> dict[str, Any]:
         path = copy_example(MOBILENET, work_dir)
@@ -85,10 +93,10 @@ def run_benchmarks(work_dir: Path, quick: bool) -> dict[str, Any]:
         calib = next(stage.params["data"] for stage in load(path).stages if stage.kind == "calibrate")
         return calibration_cost(document["model"], document["data"][calib], path.parent, quick)
 
-    _section(results, errors, "calibration", calibration)
+    section(results, "calibration", calibration)
     for name in examples:
         if f"pipeline {name}" in runs:
-            _section(results, errors, f"export {name}", lambda name=name: export_time(runs[f"pipeline {name}"], 1 if quick else 3))
+            section(results, f"export {name}", lambda name=name: export_time(runs[f"pipeline {name}"], 1 if quick else 3))
 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
