@@ -3,12 +3,12 @@
 What it measures: the growth of the process's peak resident set (``VmHWM``
 in /proc/self/status) from just before the model is loaded until after
 ``runs`` inferences. The baseline is taken after the runtime (torch or
-onnxruntime) is imported and the peak is reset through
-/proc/self/clear_refs, so the number covers the loaded weights (and, for
-onnxruntime, its optimized and pre-packed copies), the activations and
-the allocators' arenas, but not the runtime's own code and import-time
-allocations. A fresh process per model keeps one model's freed pages from
-hiding the next one's growth.
+onnxruntime) is imported, and the peak is reset through
+/proc/self/clear_refs at that point. So the number covers the loaded
+weights (for onnxruntime also its optimized and pre-packed copies), the
+activations and the allocators' arenas. It leaves out the runtime's own
+code and import-time allocations. A fresh process per model keeps one
+model's freed pages from hiding the next one's growth.
 
 NOTE: [Linux only] /proc/self/status and /proc/self/clear_refs exist on
 Linux only; elsewhere :func:`peak_memory` returns None.

@@ -123,7 +123,8 @@ def test_profile_report_section(tmp_path: Path) -> None:
 
     assert section.startswith("## Size and speed: profile\n")
     assert f"| weights | {result.metrics['params_fp32']:,} |" in section
-    assert "| ONNX file |" in section and "| PyTorch artifact (model.pt) |" in section
+    assert "| ONNX file |" in section
+    assert "| PyTorch artifact (model.pt) |" in section
     assert "| onnxruntime | int8 |" in section
     assert "speed-up over fp32" in section
     assert result.measurements["cpu"] in section
