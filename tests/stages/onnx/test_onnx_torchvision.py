@@ -24,9 +24,9 @@ from torchvision_models import MODEL_NAMES, build_model
 
 FP32_MAX_REL_DIFF = 1e-4
 INT8_MIN_WITHIN_ONE_STEP_PCT = 99.9
-# NOTE: vit_b_16 and swin_t keep attention (the projections inside Swin's
-# window attention, softmax, the two attention products) and LayerNorm in
-# float between DequantizeLinear and QuantizeLinear. onnxruntime and PyTorch
+# NOTE: vit_b_16 and swin_t keep attention (the q, k, v and output
+# projections, softmax, the two attention products) and LayerNorm in float
+# between DequantizeLinear and QuantizeLinear. onnxruntime and PyTorch
 # sum those in different orders, so a value within float32 rounding of a
 # quantization boundary lands one step apart at the next QuantizeLinear, and
 # through 12 encoder layers such steps reach most outputs. Measured on this
