@@ -7,7 +7,9 @@ torch 2.14.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -62,15 +64,24 @@ def ort_quantize(fp32_path: Path, output_path: Path, batches: list[np.ndarray], 
     per-channel weights, ``method`` calibration (MinMax, Entropy or Percentile).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     preprocessed = output_path.with_name(f"{fp32_path.stem}.preprocessed.onnx")
-    if not preprocessed.is_file():
+    # Redo it when the fp32 export is newer, as after a rerun of the export stage.
+    if not preprocessed.is_file() or preprocessed.stat().st_mtime < fp32_path.stat().st_mtime:
         quant_pre_process(str(fp32_path), str(preprocessed))
     input_name = onnx.load(str(preprocessed), load_external_data=False).graph.input[0].name
 
     reader: Any = _Reader(input_name, batches)
+    # quantize_static prints its calibration progress; keep stdout for the results.
+    with contextlib.redirect_stdout(sys.stderr):
+        _quantize_static(preprocessed, output_path, reader, method)
+    return output_path
+
+
+def _quantize_static(preprocessed: Path, output_path: Path, reader: Any, method: str) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(preprocessed),
         str(output_path),
@@ -81,4 +92,3 @@ def ort_quantize(fp32_path: Path, output_path: Path, batches: list[np.ndarray], 
         per_channel=True,
         calibrate_method=getattr(CalibrationMethod, method),
     )
-    return output_path
