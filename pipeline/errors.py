@@ -37,8 +37,14 @@ class StageFailed(PipeError):
     """
 
     def __init__(self, message: str, metrics: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
+        # Both arguments go to ``args`` so the exception survives pickling
+        # from a child process with its metrics.
+        super().__init__(message, metrics)
+        self.message = message
         self.metrics = dict(metrics or {})
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class CacheError(PipeError):

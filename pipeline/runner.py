@@ -411,7 +411,10 @@ class _Run:
         self.listener.stage_started(outcome)
         started = time.perf_counter()
         try:
-            result = stage.run(ctx) or StageResult()
+            if self.options.jobs > 1:
+                result = _run_in_process(spec.kind, ctx)
+            else:
+                result = stage.run(ctx) or StageResult()
             digests = {name: self.cache.store(folder) for name, folder in outputs.items()}
         except KeyboardInterrupt:
             outcome.seconds = time.perf_counter() - started
@@ -558,6 +561,30 @@ class _Run:
 
 
 MAX_RESTARTS = 3
+
+
+def _run_in_process(kind: str, ctx: StageContext) -> StageResult:
+    """Run one stage in a fresh process, for runs with more than one job.
+
+    NOTE: [Parallel stages] Stages that run at the same time must not share
+    a process: unpickling or tracing a GraphModule patches
+    ``torch.nn.Module.__call__`` for the whole process while it runs, which
+    breaks module calls in every other thread. Progress bars of a stage
+    running in a child process are not shown.
+    """
+    import dataclasses
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    child_ctx = dataclasses.replace(ctx, progress_factory=None)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_run_stage_here, kind, child_ctx).result() or StageResult()
+
+
+def _run_stage_here(kind: str, ctx: StageContext) -> StageResult:
+    from stages import load_stage
+
+    return load_stage(kind).run(ctx)
 
 
 class _CorruptInput(Exception):
