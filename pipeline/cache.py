@@ -235,7 +235,7 @@ class Cache:
         return _KeyLock(self.root / "locks", key, on_wait)
 
     def file_lock(self, name: str) -> Any:
-        """An inter-process lock named ``name`` (e.g. for the lock file of a pipeline)."""
+        """Return an inter-process lock named ``name``, e.g. for the lock file of a pipeline."""
         from filelock import FileLock
 
         (self.root / "locks").mkdir(parents=True, exist_ok=True)

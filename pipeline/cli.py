@@ -302,7 +302,12 @@ def stages(as_json: bool) -> None:
         click.echo(f"{kind}: {schema.get('description', '')}")
         required = set(schema.get("required", []))
         for name, spec in schema.get("properties", {}).items():
-            default = "required" if name in required else f"default {json.dumps(spec['default'])}" if "default" in spec else "optional"
+            if name in required:
+                default = "required"
+            elif "default" in spec:
+                default = f"default {json.dumps(spec['default'])}"
+            else:
+                default = "optional"
             click.echo(f"  {name} ({default}): {spec.get('description', '')}")
 
 

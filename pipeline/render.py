@@ -148,7 +148,7 @@ def _finished_line(outcome: Outcome) -> str:
 
 
 def summary_lines(result: RunResult) -> list[str]:
-    """The lines a person reads after a run: checks, accuracies, speed-up, files."""
+    """Return the lines a person reads after a run: checks, accuracies, speed-up, files."""
     lines = []
     for outcome in result.outcomes:
         if "accuracy test" in outcome.message and outcome.status in ("ran", "cached"):

@@ -36,7 +36,7 @@ RAN, CACHED, FAILED, SKIPPED, INTERRUPTED, WOULD_RUN = "ran", "cached", "failed"
 
 @dataclass
 class Outcome:
-    """What happened to one stage in one run."""
+    """Result of one stage in one run: its status, timing, metrics and messages."""
 
     name: str
     kind: str
