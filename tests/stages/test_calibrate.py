@@ -75,7 +75,8 @@ def test_calibrate_writes_statistics(tmp_path: Path) -> None:
     entry = table["values"]["x"]
     assert entry["min"] == pytest.approx(float(data.min()))
     assert entry["max"] == pytest.approx(float(data.max()))
-    assert entry["observer"] == "minmax" and entry["dtype"] == "uint8"
+    assert entry["observer"] == "minmax"
+    assert entry["dtype"] == "uint8"
     assert entry["scale"] == pytest.approx((entry["max"] - entry["min"]) / 255, rel=1e-6)
     assert table["values"]["relu"]["min"] == 0.0
 

@@ -52,8 +52,11 @@ def test_prepare_qconfig_defaults(tmp_path: Path) -> None:
     assert qconfig["activation"] == {"observer": "minmax", "dtype": "uint8"}
     assert qconfig["weight"] == {"observer": "minmax", "dtype": "int8", "per_channel": True}
     conv = qconfig["nodes"]["conv"]
-    assert conv["op_type"] == "Conv2d" and conv["target"] == "conv" and conv["pattern"] == "conv"
-    assert conv["quantize"] is True and conv["weight"]["per_channel"] is True
+    assert conv["op_type"] == "Conv2d"
+    assert conv["target"] == "conv"
+    assert conv["pattern"] == "conv"
+    assert conv["quantize"] is True
+    assert conv["weight"]["per_channel"] is True
     assert qconfig["nodes"]["softmax"]["pattern"] == "float"
     assert qconfig["nodes"]["softmax"]["quantize"] is False
     assert qconfig["nodes"]["flatten"]["op_type"] == "flatten"

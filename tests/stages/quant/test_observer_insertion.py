@@ -58,7 +58,8 @@ def test_resnet_observers_follow_fused_relus() -> None:
     assert "layer1_0_conv2" in observed_inputs
     assert "add" not in observed_inputs
     # Pass-through flatten inherits the avgpool observer.
-    assert "avgpool" in observed_inputs and "flatten" not in observed_inputs
+    assert "avgpool" in observed_inputs
+    assert "flatten" not in observed_inputs
     assert summary.folded_batchnorms == 6
     assert summary.fused_relus == 5
     assert summary.observers == len(observed_inputs) == 11

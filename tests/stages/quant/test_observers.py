@@ -82,7 +82,8 @@ def test_percentile_matches_numpy(percentile: float) -> None:
     lo, hi = observer.clip_range()
     assert abs(lo - expected[0]) <= 2 * bin_width
     assert abs(hi - expected[1]) <= 2 * bin_width
-    assert lo > data.min() and hi < data.max()
+    assert lo > data.min()
+    assert hi < data.max()
 
 
 def _reference_entropy_threshold(values: np.ndarray, bins: int, quant_bins: int) -> float:
@@ -183,7 +184,8 @@ def test_streaming_histogram_equals_numpy_on_final_edges() -> None:
     assert histogram.counts.sum() == data.size
     # Values within float rounding of a bin edge may land on either side.
     assert np.abs(histogram.counts.numpy() - expected).sum() <= 4
-    assert histogram.lo <= data.min() and histogram.hi >= data.max()
+    assert histogram.lo <= data.min()
+    assert histogram.hi >= data.max()
 
 
 def test_streaming_histogram_keeps_a_fixed_size() -> None:
