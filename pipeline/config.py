@@ -84,12 +84,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     """Parse ``STAGE.PARAM=VALUE``; the value is read as a YAML scalar."""
     import yaml
 
+    from pipeline.source_map import PipelineLoader
+
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"--set {text!r}: expected STAGE.PARAM=VALUE, e.g. --set calibrate.max_batches=4")
     target, raw = text.split("=", 1)
     stage, param = target.split(".", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.load(raw, Loader=PipelineLoader) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value {raw!r} is not valid YAML") from exc
     return stage, param, value

@@ -8,6 +8,7 @@ tuple of keys and list indices) to its 1-based line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,23 @@ from pipeline.errors import ConfigError
 Path_ = tuple[Any, ...]
 
 try:
-    _Loader: type = yaml.CSafeLoader
+    _BaseLoader: type = yaml.CSafeLoader
 except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+    _BaseLoader = yaml.SafeLoader
+
+
+class PipelineLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """Safe YAML loader that also reads ``1e-12`` as a float.
+
+    PyYAML follows YAML 1.1, whose floats need a dot (``1.0e-12``), so
+    ``1e-12`` would load as a string; YAML 1.2 and JSON read it as a number.
+    """
+
+
+PipelineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+_Loader = PipelineLoader
 
 
 def load_with_lines(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import config
 from pipeline.errors import ConfigError
+from pipeline.source_map import load_with_lines
 
 from pipeline_files import HEADER, write_pipeline
 
@@ -98,6 +99,15 @@ def test_parse_override_reads_yaml_scalar() -> None:
     assert config.parse_override("evaluate.data=holdout") == ("evaluate", "data", "holdout")
     with pytest.raises(ConfigError, match="STAGE.PARAM=VALUE"):
         config.parse_override("calibrate=4")
+
+
+def test_exponent_without_dot_is_a_number() -> None:
+    assert config.parse_override("onnx.max_rel_diff=1e-12") == ("onnx", "max_rel_diff", 1e-12)
+    assert config.parse_override("onnx.max_rel_diff=2E+3") == ("onnx", "max_rel_diff", 2000.0)
+    assert config.parse_override("onnx.file_name=e5") == ("onnx", "file_name", "e5")
+
+    data, _ = load_with_lines("limit: 1e-12\nname: 1e\n", Path("p.yaml"))
+    assert data == {"limit": 1e-12, "name": "1e"}
 
 
 def test_bad_override_names_option(workdir: Path) -> None:
