@@ -12,6 +12,9 @@ from typing import Any, Callable, TextIO
 
 from pipeline.runner import Listener, Outcome, RunResult
 
+# Below this onnxruntime latency per run, session overhead dominates and a speed-up ratio means little.
+TINY_LATENCY_MS = 0.1
+
 STATUS_STYLE = {
     "waiting": "dim",
     "running": "bold yellow",
@@ -165,10 +168,18 @@ def summary_lines(result: RunResult) -> list[str]:
         measurements = outcome.measurements if outcome.status in ("ran", "cached") else {}
         if "latency_fp32_ms" in measurements and "latency_int8_ms" in measurements:
             fp32, int8 = measurements["latency_fp32_ms"], measurements["latency_int8_ms"]
-            lines.append(
+            line = (
                 f"speed ({outcome.name}): onnxruntime fp32 {fp32:.3f} ms, int8 {int8:.3f} ms, "
                 f"speed-up {fp32 / int8:.2f}x on {measurements.get('cpu', 'this CPU')}"
             )
+            if max(fp32, int8) < TINY_LATENCY_MS:
+                line += f" (both under {TINY_LATENCY_MS} ms: per-run overhead dominates, so the speed-up says little)"
+            lines.append(line)
+    compared = [outcome for outcome in result.outcomes if outcome.reproduced is not None]
+    if compared:
+        differing = [outcome.name for outcome in compared if not outcome.reproduced]
+        line = f"lock: {len(compared) - len(differing)} of {len(compared)} recomputed stages reproduce the lock file's output digests"
+        lines.append(line + (f"; differing: {', '.join(differing)}" if differing else ""))
     from pipeline.config import display_path
 
     exports = [o.metrics["path"] for o in result.outcomes if o.status in ("ran", "cached") and "path" in o.metrics]

@@ -512,9 +512,13 @@ class _Run:
         from pipeline.report import render_report
 
         sections = []
+        without_result = []
         for name in self.pipeline.order:
             record = self.records.get(name)
             if record is None:
+                outcome = self.outcomes[name]
+                detail = outcome.error or outcome.reason
+                without_result.append(f"{name}: {outcome.status}" + (f" ({detail})" if detail else ""))
                 continue
             outcome = self.outcomes[name]
             section = self.stages[name].report(
@@ -525,7 +529,8 @@ class _Run:
                 sections.append(section)
         if not sections:
             return None
-        text = render_report(self.pipeline, sections)
+        overrides = [f"{stage}.{param}={value}" for stage, params in self.options.overrides.items() for param, value in params.items()]
+        text = render_report(self.pipeline, sections, overrides, without_result)
         target = self.pipeline.output_dir / "report.md"
         try:
             if target.read_text() == text:
