@@ -24,8 +24,7 @@ from benchmarks.environment import time_call
 BATCH_SIZE = 32
 # Targets of the calibration-cost ratio (calibrate time / fp32 forward time).
 TARGETS = {"minmax": 1.3, "moving_average": 1.3, "percentile": 2.0, "entropy": 2.0, "mse": 2.0}
-# --quick times one plain and one histogram observer. The entropy observer's
-# threshold search costs about a second per observed value, so it is left out.
+# --quick times one plain and one histogram observer.
 QUICK_OBSERVERS = ("minmax", "percentile")
 
 

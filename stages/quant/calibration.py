@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from stages.quant.arithmetic import qparams_from_range
 from stages.quant.observers import Observer
 
 FORMAT_VERSION = 1
@@ -70,8 +71,9 @@ def calibration_table(observed: fx.GraphModule) -> dict[str, Any]:
     """One JSON-ready entry per observed fp32 value: min, max, clip range, qparams."""
     values: dict[str, Any] = {}
     for name, observer in observers_of(observed).items():
+        # Call clip_range() once, because the entropy and mse searches take time.
         lo, hi = observer.clip_range()
-        qparams = observer.qparams()
+        qparams = qparams_from_range(lo, hi, observer.dtype)
         values[observer.value_name] = {
             "observer_module": name,
             **observer.settings(),

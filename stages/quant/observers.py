@@ -211,7 +211,9 @@ class EntropyObserver(_HistogramObserver):
 
     def observe(self, values: torch.Tensor, batch_min: float, batch_max: float) -> None:
         Observer.observe(self, values, batch_min, batch_max)
-        self.histogram.add(values.abs(), 0.0, max(-batch_min, batch_max))
+        # Values after a ReLU are their own magnitudes: skip the abs() copy.
+        magnitudes = values if batch_min >= 0 else values.abs()
+        self.histogram.add(magnitudes, 0.0, max(-batch_min, batch_max))
 
     def quantization_bins(self) -> int:
         # uint8 on non-negative data uses all 256 levels on [0, T]; otherwise
@@ -270,42 +272,66 @@ def fake_quantize(values: np.ndarray, qparams: QParams) -> np.ndarray:
 
 
 def entropy_threshold(counts: np.ndarray, width: float, quant_bins: int) -> float:
-    """Return the |x| threshold with the least KL divergence (see EntropyObserver)."""
+    """Return the |x| threshold with the least KL divergence (see EntropyObserver).
+
+    Every candidate end bin is scored at once from prefix sums. Within a
+    merged group all nonzero bins share one candidate value, so the cross
+    entropy of a candidate is a sum over its ``quant_bins`` groups. The
+    search is O(bins * quant_bins) numpy work, with no Python loop.
+    """
     hist = counts.astype(np.float64).copy()
     if hist.size > 1:
         hist[0] = hist[1]
     if hist.size <= quant_bins or hist.sum() == 0:
         return hist.size * width
-
-    best_end, best_divergence = hist.size, np.inf
-    suffix = np.concatenate([np.cumsum(hist[::-1])[::-1], [0.0]])
-    for end in range(quant_bins, hist.size + 1):
-        divergence = _divergence(hist[:end], suffix[end], quant_bins)
-        if divergence < best_divergence:
-            best_end, best_divergence = end, divergence
+    divergences = _divergences(hist, quant_bins)
+    best_end = quant_bins + int(np.argmin(divergences))
+    if not np.isfinite(divergences[best_end - quant_bins]):
+        return hist.size * width
     return best_end * width
 
 
-def _divergence(head: np.ndarray, outside: float, quant_bins: int) -> float:
-    reference = head.copy()
-    reference[-1] += outside
+def _divergences(hist: np.ndarray, quant_bins: int) -> np.ndarray:
+    """KL(reference || candidate) for each end bin in ``quant_bins .. hist.size``.
 
-    group = (np.arange(head.size) * quant_bins) // head.size
-    nonzero = head > 0
-    group_sum = np.bincount(group, weights=head, minlength=quant_bins)
-    group_nonzero = np.bincount(group, weights=nonzero.astype(np.float64), minlength=quant_bins)
-    candidate = np.where(nonzero, group_sum[group] / np.maximum(group_nonzero[group], 1.0), 0.0)
+    For end bin ``e`` the reference is ``hist[:e]``, with the counts beyond
+    it added to its last bin. Bin ``i`` belongs to group ``i * quant_bins // e``,
+    and the candidate spreads each group's sum evenly over its nonzero bins.
+    """
+    ends = np.arange(quant_bins, hist.size + 1)
+    zero = np.zeros(1)
+    mass = np.concatenate([zero, np.cumsum(hist)])
+    nonzero = np.concatenate([zero, np.cumsum(hist > 0)])
+    plogp = np.concatenate([zero, np.cumsum(np.where(hist > 0, hist * np.log(np.where(hist > 0, hist, 1.0)), 0.0))])
 
-    reference_total = reference.sum()
-    candidate_total = candidate.sum()
-    if reference_total == 0 or candidate_total == 0:
-        return np.inf
-    p = reference / reference_total
-    q = candidate / candidate_total
-    mask = p > 0
-    if np.any(q[mask] == 0):
-        return np.inf
-    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+    # Group g of end e contains bins [ceil(g * e / Q), ceil((g + 1) * e / Q)).
+    groups = np.arange(quant_bins + 1)
+    bounds = -((-groups[None, :] * ends[:, None]) // quant_bins)
+    group_mass = np.diff(mass[bounds], axis=1)
+    group_nonzero = np.diff(nonzero[bounds], axis=1)
+
+    outside = mass[-1] - mass[ends]
+    last = hist[ends - 1]
+    reference_total = mass[-1]  # The reference keeps every count.
+    candidate_total = mass[ends]
+
+    # Sum of p log p over the bins before the last, then the last bin with the outside counts.
+    last_reference = last + outside
+    head_plogp = plogp[ends - 1] + np.where(last_reference > 0, last_reference * np.log(np.maximum(last_reference, 1e-300)), 0.0)
+    sum_p_log_p = head_plogp / reference_total - np.log(reference_total)
+
+    # Sum of p log q, group by group: reference mass times the log of the per-bin candidate share.
+    group_reference = group_mass.copy()
+    group_reference[:, -1] += outside
+    has_mass = group_mass > 0
+    log_q = np.log(np.where(has_mass, group_mass, 1.0) / np.maximum(group_nonzero, 1.0)) - np.log(np.maximum(candidate_total, 1e-300))[:, None]
+    sum_p_log_q = np.sum(np.where(has_mass, group_reference * log_q, 0.0), axis=1) / reference_total
+
+    divergences = sum_p_log_p - sum_p_log_q
+    # The candidate is zero where the reference is not when the last bin is empty and the outside is not.
+    divergences[(last == 0) & (outside > 0)] = np.inf
+    divergences[candidate_total == 0] = np.inf
+    return divergences
 
 
 def _histogram_quantile(histogram: StreamingHistogram, fraction: float) -> float:
