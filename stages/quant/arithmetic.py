@@ -145,22 +145,59 @@ def requantize(acc: torch.Tensor, multiplier: torch.Tensor, qparams: QParams, re
 def qlinear_add(a: torch.Tensor, a_qparams: QParams, b: torch.Tensor, b_qparams: QParams, output: QParams) -> torch.Tensor:
     """Add two quantized tensors the way onnxruntime 1.32's QLinearAdd does on x86-64.
 
-    The MLAS AVX2 kernel (``XNNFloatMultiply``, its default) computes in
-    float32 with fused multiply-adds: y = fma(a, ratio_a, fma(b, ratio_b,
-    offset)) with ratio = input_scale / output_scale and offset =
-    output_zero_point - (ratio_a * a_zero_point + ratio_b * b_zero_point),
-    then rounds half to even and saturates. A fused multiply-add rounds
-    once; float64 represents each product and sum exactly, so rounding the
-    float64 result to float32 repeats it.
+    The MLAS AVX2 kernel computes in float32 with fused multiply-adds:
+    y = fma(a, ratio_a, fma(b, ratio_b, offset)) with ratio = input_scale /
+    output_scale and offset = output_zero_point - fma(ratio_a, a_zero_point,
+    ratio_b * b_zero_point). The compiler contracts the offset's products
+    into that fused multiply-add. The result is rounded half to even and saturated.
     """
     f32 = torch.float32
     ratio_a = torch.tensor(a_qparams.scale, dtype=f32) / torch.tensor(output.scale, dtype=f32)
     ratio_b = torch.tensor(b_qparams.scale, dtype=f32) / torch.tensor(output.scale, dtype=f32)
-    zero_part = ratio_a * float(a_qparams.zero_point) + ratio_b * float(b_qparams.zero_point)
+    zero_part = fma32(ratio_a, torch.tensor(float(a_qparams.zero_point), dtype=f32), ratio_b * float(b_qparams.zero_point))
     offset = torch.tensor(float(output.zero_point), dtype=f32) - zero_part
 
-    inner = (b.to(torch.float64) * ratio_b.double() + offset.double()).to(f32)
-    total = (a.to(torch.float64) * ratio_a.double() + inner.double()).to(f32)
+    inner = fma32(b.to(f32), ratio_b, offset)
+    total = fma32(a.to(f32), ratio_a, inner)
+    return torch.round(total).clamp(output.qmin, output.qmax).to(output.torch_dtype)
+
+
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Return float32 a * b + c rounded once, as a fused multiply-add instruction computes it (broadcasting).
+
+    A float64 represents the product of two float32 values exactly. The float64 sum
+    s and its exact error (two-sum) locate the exact result. Rounding s to
+    float32 is correct except when s falls exactly halfway between two
+    float32 values, where the error's sign picks the side.
+    """
+    product = a.to(torch.float64) * b.to(torch.float64)
+    addend = c.to(torch.float64)
+    total = product + addend
+    back = total - product
+    error = (product - (total - back)) + (addend - back)
+
+    rounded = total.to(torch.float32)
+    rounded_64 = rounded.to(torch.float64)
+    direction = torch.where(total > rounded_64, torch.tensor(float("inf")), torch.tensor(float("-inf"))).to(torch.float32)
+    neighbor = torch.nextafter(rounded, direction)
+    halfway = (total != rounded_64) & (total == (rounded_64 + neighbor.to(torch.float64)) / 2)
+    # At a halfway total, a nonzero error on the neighbor's side means the exact result is nearer the neighbor.
+    toward_neighbor = halfway & (error != 0) & ((error > 0) == (total > rounded_64))
+    return torch.where(toward_neighbor, neighbor, rounded)
+
+
+def qlinear_mul(a: torch.Tensor, a_qparams: QParams, b: torch.Tensor, b_qparams: QParams, output: QParams) -> torch.Tensor:
+    """Multiply two quantized tensors (broadcasting) the way onnxruntime 1.32's QLinearMul does on x86-64.
+
+    The MLAS SSE2 kernel multiplies the centered integers exactly, then
+    computes y = float32(product) * ratio + output_zero_point in float32,
+    with ratio = float32(float32(a_scale * b_scale) / output_scale), and
+    rounds half to even and saturates.
+    """
+    f32 = torch.float32
+    product = (a.to(torch.int32) - a_qparams.zero_point) * (b.to(torch.int32) - b_qparams.zero_point)
+    ratio = torch.tensor(a_qparams.scale, dtype=f32) * torch.tensor(b_qparams.scale, dtype=f32) / torch.tensor(output.scale, dtype=f32)
+    total = product.to(f32) * ratio + torch.tensor(float(output.zero_point), dtype=f32)
     return torch.round(total).clamp(output.qmin, output.qmax).to(output.torch_dtype)
 
 
