@@ -47,7 +47,9 @@ from stages.quant.modules import (
     QuantReLU6,
     QuantSigmoid,
     QuantSiLU,
+    QuantSoftmax,
     Quantize,
+    softmax_qparams,
 )
 from stages.quant.observers import Observer
 from stages.quant.patterns import (
@@ -55,6 +57,7 @@ from stages.quant.patterns import (
     PASS_THROUGH_PATTERNS,
     adaptive_output_size,
     reduce_dims,
+    softmax_dim,
     tensor_args,
 )
 
@@ -174,6 +177,9 @@ class _Converter:
     def _convert_compute(self, node: fx.Node, entry: dict[str, Any]) -> bool:
         output_name = entry["relu"] or node.name
         output_qparams = self.observed_qparams.get(output_name)
+        if entry["pattern"] == "softmax" and output_qparams is not None:
+            # Fixed [0, 1) output at the scale QLinearSoftmax computes exactly.
+            output_qparams = softmax_qparams()
         inputs = [self._int_value(arg.name) for arg in tensor_args(node, entry["pattern"])]
         if output_qparams is None or any(value is None for value in inputs):
             return False
@@ -217,8 +223,10 @@ class _Converter:
         if pattern == "gelu":
             approximate = self.modules[node.target].approximate if node.op == "call_module" else node.kwargs.get("approximate", "none")
             return QuantGELU(inputs[0], output, approximate)
+        if pattern == "softmax":
+            return QuantSoftmax(inputs[0], output, softmax_dim(node, self.modules))
         if pattern == "batchnorm":
-            return QuantBatchNorm2d(self.modules[node.target], inputs[0], output)
+            return QuantBatchNorm2d(self.modules[node.target], inputs[0], output, relu=relu)
         if pattern == "mean":
             dims, keepdim = reduce_dims(node)
             return QuantMean(dims, keepdim, inputs[0], output)

@@ -12,6 +12,8 @@ Patterns:
     relu6        nn.ReLU6, F.relu6, nn.Hardtanh(0, 6)
     hardswish, hardsigmoid, silu, sigmoid, gelu
                  the nn modules, F functions and torch / Tensor methods
+    softmax      nn.Softmax, F.softmax, torch.softmax, Tensor.softmax over one
+                 dim, without dtype (output qparams fixed to [0, 1])
     batchnorm    nn.BatchNorm2d (folded into a preceding conv; otherwise an
                  int8 elementwise op)
     mean         Tensor.mean / torch.mean over given dims
@@ -19,7 +21,7 @@ Patterns:
     avgpool      nn.AvgPool2d, F.avg_pool2d without divisor_override
     adaptive_avgpool  nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d (int sizes)
     reshape      flatten, reshape, view, squeeze, unsqueeze, contiguous,
-                 permute, transpose, nn.Flatten (qparams pass through)
+                 permute, transpose, roll, nn.Flatten (qparams pass through)
     split        chunk and split, whose tuple output getitem reads (qparams pass through)
     getitem      an element of a split output (qparams pass through)
     identity     nn.Identity, nn.Dropout, eval-mode dropout and stochastic_depth
@@ -40,11 +42,11 @@ from torch import fx, nn
 # Elementwise ops whose int8 module computes dequantize -> float op -> quantize.
 ELEMENTWISE_PATTERNS = frozenset({"relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "gelu", "batchnorm"})
 COMPUTE_PATTERNS = frozenset(
-    {"conv", "linear", "add", "mul", "matmul", "cat", "relu", "avgpool", "adaptive_avgpool", "mean"} | ELEMENTWISE_PATTERNS
+    {"conv", "linear", "add", "mul", "matmul", "cat", "relu", "avgpool", "adaptive_avgpool", "mean", "softmax"} | ELEMENTWISE_PATTERNS
 )
 PASS_THROUGH_PATTERNS = frozenset({"maxpool", "reshape", "identity", "split", "getitem"})
-FUSABLE_WITH_RELU = frozenset({"conv", "linear", "add"})
-# Activations a conv, linear or add absorbs: a clamp at the output zero point.
+FUSABLE_WITH_RELU = frozenset({"conv", "linear", "add", "batchnorm"})
+# Activations a conv, linear, add or unfolded BatchNorm absorbs.
 # ReLU6 fuses too, because its observed output range lies inside [0, 6], so
 # the clamp at 6 never binds after quantization.
 FUSED_ACTIVATIONS = frozenset({"relu", "relu6"})
@@ -54,8 +56,8 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
 _MATMUL_FUNCTIONS = {operator.matmul, torch.matmul}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose}
-_RESHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "contiguous", "permute", "transpose"}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose, torch.roll}
+_RESHAPE_METHODS = {"flatten", "reshape", "view", "squeeze", "unsqueeze", "contiguous", "permute", "transpose", "roll"}
 _SPLIT_FUNCTIONS = {torch.chunk, torch.split}
 _ADAPTIVE_AVGPOOL_FUNCTIONS = {F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d}
 _ELEMENTWISE_MODULES: dict[type[nn.Module], str] = {
@@ -134,6 +136,8 @@ def _classify_module(node: fx.Node, module: nn.Module) -> str:
         return "relu6"
     if isinstance(module, nn.BatchNorm2d):
         return "batchnorm"
+    if isinstance(module, nn.Softmax):
+        return "softmax" if module.dim is not None else "float"
     if isinstance(module, nn.MaxPool2d):
         return "float" if module.return_indices else "maxpool"
     if isinstance(module, nn.AvgPool2d):
@@ -163,6 +167,8 @@ def _classify_function(node: fx.Node) -> str:
         if not tensors:
             return "float"
         return "mul" if target in _MUL_FUNCTIONS else "matmul"
+    if target in (torch.softmax, F.softmax):
+        return "softmax" if softmax_dim(node) is not None else "float"
     if target is torch.cat:
         return "cat" if _is_tensor_list(node.args[0] if node.args else node.kwargs.get("tensors")) else "float"
     if target is torch.mean:
@@ -195,6 +201,8 @@ def _classify_method(node: fx.Node) -> str:
         return node.target
     if node.target == "mean":
         return "mean" if _reduce_dims(node) is not None else "float"
+    if node.target == "softmax":
+        return "softmax" if softmax_dim(node) is not None else "float"
     if node.target in _RESHAPE_METHODS:
         return "reshape"
     return "float"
@@ -257,6 +265,15 @@ def _reduce_dims(node: fx.Node) -> tuple[tuple[int, ...], bool] | None:
     if "dtype" in node.kwargs:
         return None
     return tuple(dims), keepdim
+
+
+def softmax_dim(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> int | None:
+    """Return the dim of a softmax node, or None when it is missing or a dtype is given."""
+    if node.op == "call_module":
+        return None if modules is None else modules[node.target].dim
+    dim = _call_argument(node, 1, "dim", None)
+    dtype = _call_argument(node, 2, "dtype", None)
+    return dim if isinstance(dim, int) and dtype is None else None
 
 
 def adaptive_output_size(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[int, int]:

@@ -24,7 +24,7 @@ class Small(nn.Module):
         self.fc = nn.Linear(4 * 36, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(torch.softmax(self.relu(self.bn(self.conv(x))), dim=1), 1))
+        return self.fc(torch.flatten(torch.tanh(self.relu(self.bn(self.conv(x)))), 1))
 
 
 def _context(tmp_path: Path, params: dict[str, Any]) -> StageContext:
@@ -57,13 +57,13 @@ def test_prepare_qconfig_defaults(tmp_path: Path) -> None:
     assert conv["pattern"] == "conv"
     assert conv["quantize"] is True
     assert conv["weight"]["per_channel"] is True
-    assert qconfig["nodes"]["softmax"]["pattern"] == "float"
-    assert qconfig["nodes"]["softmax"]["quantize"] is False
+    assert qconfig["nodes"]["tanh"]["pattern"] == "float"
+    assert qconfig["nodes"]["tanh"]["quantize"] is False
     assert qconfig["nodes"]["flatten"]["op_type"] == "flatten"
     assert result.metrics["quantized_nodes"] == 6
     assert result.metrics["skipped_nodes"] == 0
     assert result.metrics["float_nodes"] == 1
-    assert result.metrics["float"] == ["softmax"]
+    assert result.metrics["float"] == ["tanh"]
     assert result.metrics["target"] == "onnxruntime"
     assert "6 nodes to quantize" in result.message
 
@@ -117,7 +117,7 @@ def test_override_rules_apply_in_order(tmp_path: Path) -> None:
     assert report.startswith("### Quantization config (qconfig)")
     assert "- weights: int8 symmetric, minmax observer, per channel" in report
     assert "4. op=Linear, quantize=False" in report
-    assert "- float (not quantizable): softmax" in report
+    assert "- float (not quantizable): tanh" in report
 
 
 def test_skip_wins_over_override(tmp_path: Path) -> None:

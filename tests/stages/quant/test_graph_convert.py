@@ -152,6 +152,30 @@ def test_skip_keeps_layer_float() -> None:
 
 
 def test_unsupported_op_falls_back_to_float() -> None:
+    class WithTanh(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv2(torch.tanh(self.conv(x)))
+
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(WithTanh().eval())
+    int8 = _quantize(gm, _calibration_batches())
+    modules = dict(int8.named_modules())
+    tanh = next(node for node in int8.graph.nodes if node.name == "tanh")
+
+    assert isinstance(modules[tanh.args[0].target], Dequantize)
+    conv2 = next(node for node in int8.graph.nodes if node.name == "conv2")
+    assert isinstance(modules[conv2.args[0].target], Quantize)
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert _sqnr_db(gm(x), int8(x)) > 20.0
+
+
+def test_softmax_gets_fixed_output_qparams() -> None:
     class WithSoftmax(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -167,12 +191,36 @@ def test_unsupported_op_falls_back_to_float() -> None:
     modules = dict(int8.named_modules())
     softmax = next(node for node in int8.graph.nodes if node.name == "softmax")
 
-    assert isinstance(modules[softmax.args[0].target], Dequantize)
+    assert type(modules[softmax.target]).__name__ == "QuantSoftmax"
+    assert int8.qparams["softmax"] == {"scale": 1.0 / 256.0, "zero_point": 0, "dtype": "uint8"}
     conv2 = next(node for node in int8.graph.nodes if node.name == "conv2")
-    assert isinstance(modules[conv2.args[0].target], Quantize)
+    assert conv2.args[0] is softmax
     x = torch.randn(8, 1, 8, 8)
     with torch.no_grad():
         assert _sqnr_db(gm(x), int8(x)) > 20.0
+
+
+def test_int8_activation_softmax_stays_float() -> None:
+    class WithSoftmax(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.conv(x), dim=1)
+
+    torch.manual_seed(0)
+    gm = fx.symbolic_trace(WithSoftmax().eval())
+    int8 = _quantize(gm, _calibration_batches(), activation_dtype="int8")
+    modules = dict(int8.named_modules())
+    softmax = next(node for node in int8.graph.nodes if node.name == "softmax")
+
+    assert softmax.op == "call_function"
+    assert isinstance(modules[softmax.args[0].target], Dequantize)
+    assert "softmax" not in int8.qparams
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(int8(x), gm(x), atol=0.05, rtol=0)
 
 
 def test_calibration_stats_reload_gives_same_model(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from stages.quant.modules import (
     QuantReLU6,
     QuantSigmoid,
     QuantSiLU,
+    gate_qparams,
 )
 
 IN = QParams(ref.f32(0.043), 131, "uint8")
@@ -44,18 +45,35 @@ def _np_sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
-def _np_gelu(x: np.ndarray) -> np.ndarray:
+def _np_normal_cdf(x: np.ndarray) -> np.ndarray:
     erf = np.vectorize(math.erf)
-    return 0.5 * x * (1.0 + erf(x.astype(np.float64) / math.sqrt(2.0)))
+    return 0.5 * (1.0 + erf(x.astype(np.float64) / math.sqrt(2.0)))
+
+
+def _np_hardsigmoid(x: np.ndarray) -> np.ndarray:
+    return np.clip(x + 3.0, 0.0, 6.0) / 6.0
 
 
 ELEMENTWISE = [
     (QuantReLU6, lambda x: np.clip(x, 0.0, 6.0)),
-    (QuantHardswish, lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0),
-    (QuantHardsigmoid, lambda x: np.clip(x + 3.0, 0.0, 6.0) / 6.0),
+    (QuantHardsigmoid, _np_hardsigmoid),
     (QuantSigmoid, _np_sigmoid),
-    (QuantSiLU, lambda x: x * _np_sigmoid(x)),
-    (QuantGELU, _np_gelu),
+]
+# x * gate(x), with the gate quantized to 256 levels on [0, 1] before the product.
+def _np_tanh_normal_cdf(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _tanh_gelu(input_qparams: QParams, output_qparams: QParams) -> QuantGELU:
+    return QuantGELU(input_qparams, output_qparams, approximate="tanh")
+
+
+GATED = [
+    (QuantHardswish, _np_hardsigmoid),
+    (QuantSiLU, _np_sigmoid),
+    (QuantGELU, _np_normal_cdf),
+    (_tanh_gelu, _np_tanh_normal_cdf),
 ]
 
 
@@ -73,6 +91,32 @@ def test_elementwise_matches_numpy_table(cls, function, input_qparams: QParams, 
     difference = np.abs(actual.numpy().astype(np.int64) - expected)
     assert difference.max() <= 1
     assert np.mean(difference == 0) > 0.98
+
+
+@pytest.mark.parametrize("cls,gate", GATED, ids=[cls.__name__.lstrip("_") for cls, _ in GATED])
+@pytest.mark.parametrize("qparams", [IN, SYMMETRIC], ids=["uint8", "int8"])
+def test_gated_matches_two_step_numpy(cls, gate, qparams: QParams) -> None:
+    """Every input value: quantize(x * dequantize(quantize(gate(x), 1/255))), to one step."""
+    x = _all_values(qparams)
+    real = ref.dequantize(x.numpy(), qparams.scale, qparams.zero_point)
+    gate_zero_point = 0 if qparams.dtype == "uint8" else -128
+    gate_scale = ref.f32(1.0 / 255.0)
+    gate_q = ref.quantize(gate(real).astype(np.float32), gate_scale, gate_zero_point, qparams.dtype)
+    product = real * ref.dequantize(gate_q, gate_scale, gate_zero_point)
+    expected = ref.quantize(product.astype(np.float32), OUT.scale, OUT.zero_point, "uint8")
+
+    actual = cls(qparams, OUT)(x)
+
+    assert actual.dtype == torch.uint8
+    difference = np.abs(actual.numpy().astype(np.int64) - expected)
+    assert difference.max() <= 1
+    assert np.mean(difference == 0) > 0.98
+
+
+def test_gate_qparams_cover_zero_to_one() -> None:
+    for dtype in ("uint8", "int8"):
+        qparams = gate_qparams(dtype)
+        assert ref.dequantize(np.array([qparams.qmin, qparams.qmax]), qparams.scale, qparams.zero_point).tolist() == pytest.approx([0.0, 1.0])
 
 
 def test_relu6_saturates_at_six() -> None:

@@ -16,8 +16,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from stages.quant.arithmetic import QParams
-from stages.quant.modules import QuantAdaptiveAvgPool2d, QuantAdd, QuantConv2d, QuantLinear
+from stages.quant.arithmetic import QParams, qlinear_mul
+from stages.quant.modules import QuantAdaptiveAvgPool2d, QuantAdd, QuantConv2d, QuantLinear, QuantSoftmax, softmax_qparams
 
 ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
 NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8}
@@ -151,6 +151,23 @@ def test_add_equals_qlinearadd(dtype: str, relu: bool, output_zero_point: int) -
         _check_add(QuantAdd(a_qparams, b_qparams, output_qparams, relu=relu), a, b)
 
 
+def test_add_matches_qlinearadd_random_qparams() -> None:
+    """Every pair of uint8 values for 40 seeded scale and zero point triples.
+
+    With the kernel's offset computed without its fused multiply-add, 6 of
+    these 2.6 million sums round to the other side of a half.
+    """
+    grid_a, grid_b = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
+    a = grid_a.reshape(1, -1).to(torch.uint8)
+    b = grid_b.reshape(1, -1).to(torch.uint8)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        a_qparams, b_qparams, output_qparams = (
+            QParams(float(np.float32(rng.uniform(0.005, high))), int(rng.integers(0, 256)), "uint8") for high in (0.2, 0.2, 0.3)
+        )
+        _check_add(QuantAdd(a_qparams, b_qparams, output_qparams), a, b)
+
+
 def _check_add(module: QuantAdd, a: torch.Tensor, b: torch.Tensor) -> None:
     a_qparams, b_qparams, output_qparams, relu = module.a_qparams, module.b_qparams, module.output_qparams, module.relu
 
@@ -207,3 +224,49 @@ def test_resnet18_int8_equals_onnxruntime() -> None:
     assert comparison.within_one_step_pct is not None
     assert comparison.within_one_step_pct >= 99.9
     assert comparison.max_abs_diff == 0.0
+
+
+@pytest.mark.parametrize(("scale", "zero_point", "length"), [(0.021, 131, 197), (0.08, 40, 49), (0.5, 200, 7)])
+def test_softmax_equals_qlinearsoftmax(scale: float, zero_point: int, length: int) -> None:
+    input_qparams = QParams(float(np.float32(scale)), zero_point, "uint8")
+    module = QuantSoftmax(input_qparams, softmax_qparams(), dim=-1)
+    generator = torch.Generator().manual_seed(length)
+    x = torch.randint(0, 256, (2, 3, 5, length), generator=generator).to(torch.uint8)
+    expected = module(x)
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["x", "x_scale", "x_zero_point"], ["x_float"]),
+        helper.make_node("Softmax", ["x_float"], ["probabilities"], axis=-1),
+        helper.make_node("QuantizeLinear", ["probabilities", "y_scale", "y_zero_point"], ["y"]),
+    ]
+    initializers = _qparam_initializers("x", input_qparams) + _qparam_initializers("y", softmax_qparams())
+    actual = _run(nodes, initializers, {"x": x.numpy()}, expected)
+
+    assert np.array_equal(actual, expected.numpy())
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("scales", [(0.043, 1.0 / 255.0, 0.027), (0.02, 0.05, 0.01)])
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_mul_equals_qlinearmul(dtype: str, scales: tuple[float, float, float], broadcast: bool) -> None:
+    """Every pair of input values. With the second scales, a float path rounds 279 of them apart."""
+    qmin, qmax = (0, 255) if dtype == "uint8" else (-128, 127)
+    shift = 0 if dtype == "uint8" else -128
+    a_qparams = QParams(float(np.float32(scales[0])), 131 + shift, dtype)
+    b_qparams = QParams(float(np.float32(scales[1])), 0 + shift, dtype)
+    output = QParams(float(np.float32(scales[2])), 40 + shift, dtype)
+    values = torch.arange(qmin, qmax + 1)
+    a = values.repeat(256, 1).to(a_qparams.torch_dtype)
+    b = (values[:, None] if broadcast else values[:, None].repeat(1, 256)).to(b_qparams.torch_dtype)
+    expected = qlinear_mul(a, a_qparams, b, b_qparams, output)
+
+    nodes = [
+        helper.make_node("DequantizeLinear", ["a", "a_scale", "a_zero_point"], ["a_float"]),
+        helper.make_node("DequantizeLinear", ["b", "b_scale", "b_zero_point"], ["b_float"]),
+        helper.make_node("Mul", ["a_float", "b_float"], ["product"]),
+        helper.make_node("QuantizeLinear", ["product", "y_scale", "y_zero_point"], ["y"]),
+    ]
+    initializers = _qparam_initializers("a", a_qparams) + _qparam_initializers("b", b_qparams) + _qparam_initializers("y", output)
+    actual = _run(nodes, initializers, {"a": a.numpy(), "b": b.numpy()}, expected)
+
+    assert np.array_equal(actual, expected.numpy())
