@@ -59,7 +59,7 @@ class Trace(Stage):
         model = build_model(model_spec, ctx.root)
 
         try:
-            graph_module = trace_model(model, ctx.params["leaf_modules"], ctx.params["concrete_args"])
+            graph_module = trace_model(model, ctx.params["leaf_modules"], ctx.params["concrete_args"], input_shape)
         except TraceFailure as exc:
             raise StageError(f"stage '{ctx.stage_name}': {exc}") from exc
 

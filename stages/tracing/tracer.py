@@ -3,7 +3,10 @@
 :class:`ModelTracer` keeps every module class defined in ``torch.nn`` as a
 leaf (except the containers ``Sequential``, ``ModuleList`` and
 ``ModuleDict``, which are traced through) plus the classes a user lists in
-``leaf_modules``. When tracing fails, :func:`trace_model` raises
+``leaf_modules``. Self-attention through ``nn.MultiheadAttention`` is then
+inlined as linear, matmul and softmax nodes (see stages.tracing.attention),
+unless ``leaf_modules`` lists that class, and so is torchvision's Swin
+window attention when the input shape is known. When tracing fails, :func:`trace_model` raises
 :class:`TraceFailure` with the qualified name of the submodule being traced,
 the ``file:line`` of user code where it failed, and what to try.
 """
@@ -18,6 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from stages.tracing.attention import inline_self_attention
+from stages.tracing.window_attention import has_window_attention, inline_window_attention
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +92,14 @@ def trace_model(
     model: torch.nn.Module,
     leaf_modules: Sequence[str] = (),
     concrete_args: Mapping[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> torch.fx.GraphModule:
     """Trace ``model`` into a GraphModule in eval mode.
+
+    With ``input_shape``, calls of torchvision's Swin ``shifted_window_attention``
+    are inlined too, because their windows depend on the input's height and
+    width (see stages.tracing.window_attention); the model then runs once on
+    zeros of that shape.
 
     Raises:
         TraceFailure: tracing raised; the message names the submodule, the
@@ -100,6 +113,13 @@ def trace_model(
 
     name = type(model).__name__
     graph_module = torch.fx.GraphModule(tracer.root, graph, name)
+    graph_module.eval()
+    if qualified_class_name(torch.nn.MultiheadAttention) not in tracer.leaf_class_names:
+        inline_self_attention(graph_module, ModelTracer(leaf_modules))
+    if input_shape is not None and has_window_attention(graph_module):
+        with torch.no_grad():
+            ShapeProp(graph_module).propagate(torch.zeros(list(input_shape)))
+        inline_window_attention(graph_module, ModelTracer(leaf_modules))
     graph_module.eval()
     log.info("traced %s: %d nodes", name, len(graph.nodes))
     return graph_module
