@@ -19,8 +19,9 @@ from torch import nn
 from torchvision.models import swin_transformer
 
 from stages.onnx.emitter import EmitError, OnnxGraph, _fetch_attribute, argument
-from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET
+from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET, roll
 from stages.onnx.registry import register_function, register_module
+from stages.tracing import window_attention
 
 
 def _linear(graph: OnnxGraph, base: str, source: str, weight: str, bias: str | None) -> str:
@@ -135,42 +136,6 @@ def _pad_end(graph: OnnxGraph, source: str, ends: Sequence[int], name: str) -> s
     return graph.step("Pad", [source, pads], name)
 
 
-def _roll(graph: OnnxGraph, source: str, shifts: Sequence[int], sizes: Sequence[int], name: str) -> str:
-    """torch.roll over axes 1 and 2: Slice the tail and the head of each axis, Concat them."""
-    value = source
-    for axis, shift, size in zip((1, 2), shifts, sizes):
-        shift %= size
-        if shift == 0:
-            continue
-        parts = []
-        for label, (start, end) in (("tail", (size - shift, size)), ("head", (0, size - shift))):
-            inputs = [value] + [
-                graph.add_constant(f"{name}/{label}{axis}_{key}", [number], np.int64)
-                for key, number in (("starts", start), ("ends", end), ("axes", axis))
-            ]
-            parts.append(graph.step("Slice", inputs, f"{name}/{label}{axis}"))
-        value = graph.step("Concat", parts, f"{name}/roll{axis}", axis=axis)
-    return value
-
-
-def _shift_mask(pad_h: int, pad_w: int, window: Sequence[int], shift: Sequence[int]) -> np.ndarray:
-    """The additive mask of shifted windows, (1, windows, 1, L, L), as torchvision builds it."""
-    mask = torch.zeros((pad_h, pad_w))
-    h_slices = ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None))
-    w_slices = ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None))
-    count = 0
-    for h in h_slices:
-        for w in w_slices:
-            mask[h[0] : h[1], w[0] : w[1]] = count
-            count += 1
-    windows = (pad_h // window[0]) * (pad_w // window[1])
-    mask = mask.view(pad_h // window[0], window[0], pad_w // window[1], window[1])
-    mask = mask.permute(0, 2, 1, 3).reshape(windows, window[0] * window[1])
-    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
-    mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
-    return mask.unsqueeze(1).unsqueeze(0).numpy()
-
-
 @register_function(swin_transformer.shifted_window_attention)
 def emit_shifted_window_attention(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
     """Window partition, attention with relative position bias and shift mask, and the reverse."""
@@ -200,7 +165,7 @@ def emit_shifted_window_attention(graph: OnnxGraph, node: torch.fx.Node, module:
     head_dim = channels // heads
 
     x = _pad_end(graph, graph.tensor(args["input"]), [0, pad_h - height, pad_w - width, 0], f"{name}/pad")
-    x = _roll(graph, x, [-shift[0], -shift[1]], [pad_h, pad_w], f"{name}/shift")
+    x = roll(graph, x, [-shift[0], -shift[1]], [1, 2], [-1, pad_h, pad_w, channels], f"{name}/shift")
     x = _reshape(graph, x, [-1, rows, window[0], columns, window[1], channels], f"{name}/grid")
     x = graph.step("Transpose", [x], f"{name}/grid_t", perm=[0, 1, 3, 2, 4, 5])
     x = _reshape(graph, x, [-1, length, channels], f"{name}/windows")
@@ -220,7 +185,7 @@ def emit_shifted_window_attention(graph: OnnxGraph, node: torch.fx.Node, module:
     attn = graph.step("Add", [attn, graph.tensor(args["relative_position_bias"])], f"{name}/biased")
     if sum(shift) > 0:
         attn = _reshape(graph, attn, [-1, rows * columns, heads, length, length], f"{name}/per_window")
-        mask = graph.add_initializer(f"{name}/shift_mask", _shift_mask(pad_h, pad_w, window, shift))
+        mask = graph.add_initializer(f"{name}/shift_mask", window_attention.shift_mask((pad_h, pad_w), window, shift).unsqueeze(0).numpy())
         attn = graph.step("Add", [attn, mask], f"{name}/masked")
         attn = _reshape(graph, attn, [-1, heads, length, length], f"{name}/masked_flat")
     attn = graph.step("Softmax", [attn], f"{name}/probabilities", axis=-1)
@@ -234,7 +199,7 @@ def emit_shifted_window_attention(graph: OnnxGraph, node: torch.fx.Node, module:
     x = _reshape(graph, x, [-1, rows, columns, window[0], window[1], channels], f"{name}/window_grid")
     x = graph.step("Transpose", [x], f"{name}/window_grid_t", perm=[0, 1, 3, 2, 4, 5])
     x = _reshape(graph, x, [-1, pad_h, pad_w, channels], f"{name}/image")
-    x = _roll(graph, x, shift, [pad_h, pad_w], f"{name}/unshift")
+    x = roll(graph, x, shift, [1, 2], [-1, pad_h, pad_w, channels], f"{name}/unshift")
     if pad_h != height or pad_w != width:
         inputs = [x] + [
             graph.add_constant(f"{name}/crop_{key}", values, np.int64)
@@ -257,3 +222,15 @@ def emit_patch_merging_pad(graph: OnnxGraph, node: torch.fx.Node, module: nn.Mod
         ]
         phases.append(graph.step("Slice", inputs, f"{node.name}/phase{row}{column}"))
     graph.emit("Concat", node, phases, axis=-1)
+
+
+@register_function(window_attention.masked_softmax)
+def emit_masked_softmax(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """Softmax over the last axis of the scores plus the shift mask, per window."""
+    scores, mask = node.args[0], node.args[1]
+    windows = int(graph.value(argument(node, 2, "windows")))
+    _, heads, length, _ = graph.shape(scores)
+    per_window = _reshape(graph, graph.tensor(scores), [-1, windows, heads, length, length], f"{node.name}/per_window")
+    masked = graph.step("Add", [per_window, graph.tensor(mask)], f"{node.name}/masked")
+    flat = _reshape(graph, masked, [-1, heads, length, length], f"{node.name}/masked_flat")
+    graph.emit("Softmax", node, [flat], axis=-1)

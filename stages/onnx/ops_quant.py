@@ -62,6 +62,13 @@ def quantize_output(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams:
     graph.emit("QuantizeLinear", node, inputs)
 
 
+def fake_quantize_value(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams: QParams, label: str) -> str:
+    """Emit QuantizeLinear then DequantizeLinear of a float value and return the float tensor name."""
+    scale_and_zero_point = _scale_and_zero_point(graph, f"{node.name}/{label}", qparams)
+    quantized = float_step(graph, node, "QuantizeLinear", [source, *scale_and_zero_point], f"{label}_q")
+    return float_step(graph, node, "DequantizeLinear", [quantized, *scale_and_zero_point], f"{label}_dq")
+
+
 def float_step(graph: OnnxGraph, node: torch.fx.Node, op_type: str, inputs: list[str], label: str, **attributes) -> str:
     output = graph.unique_name(f"{node.name}/{label}")
     graph.add_node(op_type, inputs, [output], output, **attributes)
@@ -106,12 +113,14 @@ def emit_dequantize(graph: OnnxGraph, node: torch.fx.Node, module: Dequantize) -
 @register_module(QuantConv2d)
 def emit_quant_conv(graph: OnnxGraph, node: torch.fx.Node, module: QuantConv2d) -> None:
     source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
-    weight = _per_channel_dequantize(graph, node, "weight", module.weight, module.weight_scale, axis=0)
-    bias = _per_channel_dequantize(graph, node, "bias", module.bias, module.bias_scale, axis=0)
+    inputs = [source, _per_channel_dequantize(graph, node, "weight", module.weight, module.weight_scale, axis=0)]
+    # A conv without bias gets no bias input, so QLinearConv skips the bias add.
+    if bool(module.bias.any()):
+        inputs.append(_per_channel_dequantize(graph, node, "bias", module.bias, module.bias_scale, axis=0))
 
     kernel_size = tuple(module.weight.shape[2:])
     attributes = conv_attributes(kernel_size, module.stride, module.padding, module.dilation, module.groups)
-    result = float_step(graph, node, "Conv", [source, weight, bias], "conv", **attributes)
+    result = float_step(graph, node, "Conv", inputs, "conv", **attributes)
     _finish(graph, node, result, module.relu, module.output_qparams)
 
 

@@ -2,10 +2,11 @@
 
 Each becomes DequantizeLinear on its integer inputs, the float op, and
 QuantizeLinear to the module's output qparams (the arithmetic the modules in
-``stages.quant.modules`` document). onnxruntime turns Mul, MatMul, Concat
-and Sigmoid groups into QLinearMul, QLinearMatMul, QLinearConcat and
-QLinearSigmoid, and removes a Clip(0, 6) or Relu whose range the following
-QuantizeLinear already enforces.
+``stages.quant.modules`` document). onnxruntime turns Mul, MatMul, Concat,
+Sigmoid and Softmax groups into QLinearMul, QLinearMatMul, QLinearConcat,
+QLinearSigmoid and QLinearSoftmax, and removes a Clip(0, 6) or Relu whose range the following
+QuantizeLinear already enforces. SiLU, Hardswish and GELU quantize their
+gate (sigmoid, hardsigmoid, the normal CDF) on its own, so the product runs as QLinearMul.
 
 Classes are looked up by name, so this module loads with a quantization
 package that does not define all of them yet.
@@ -22,8 +23,7 @@ import torch.fx
 from torch import nn
 
 from stages.onnx.emitter import OnnxGraph
-from stages.onnx.ops_activation import GELU_OPSET, HARDSWISH_OPSET
-from stages.onnx.ops_quant import dequantize_input, float_step, quantize_output
+from stages.onnx.ops_quant import dequantize_input, fake_quantize_value, float_step, quantize_output
 from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET
 from stages.onnx.registry import register_module
 from stages.quant import modules as quant_modules
@@ -61,40 +61,28 @@ def _hardsigmoid(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, sourc
     return float_step(graph, node, "HardSigmoid", [source], "hardsigmoid", alpha=1.0 / 6.0, beta=0.5)
 
 
-def _hardswish(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
-    if graph.opset >= HARDSWISH_OPSET:
-        return float_step(graph, node, "HardSwish", [source], "hardswish")
-    return float_step(graph, node, "Mul", [source, _hardsigmoid(graph, node, module, source)], "hardswish")
-
-
 def _sigmoid(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
     return float_step(graph, node, "Sigmoid", [source], "sigmoid")
 
 
-def _silu(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
-    return float_step(graph, node, "Mul", [source, _sigmoid(graph, node, module, source)], "silu")
-
-
-def _gelu(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
-    approximate = getattr(module, "approximate", "none")
-    if graph.opset >= GELU_OPSET:
-        return float_step(graph, node, "Gelu", [source], "gelu", approximate=approximate)
+def _gelu_gate(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
+    """Emit Phi(x) in the order QuantGELU.gate computes it."""
 
     def constant(label: str, value: float) -> str:
         return graph.add_constant(f"{node.name}/{label}", value, np.float32)
 
-    if approximate == "tanh":
-        cube = float_step(graph, node, "Mul", [float_step(graph, node, "Mul", [source, source], "square"), source], "cube")
-        scaled_cube = float_step(graph, node, "Mul", [cube, constant("coefficient", 0.044715)], "scaled_cube")
-        inner = float_step(graph, node, "Add", [source, scaled_cube], "inner")
+    if getattr(module, "approximate", "none") == "tanh":
+        cube = float_step(graph, node, "Mul", [source, constant("coefficient", 0.044715)], "scaled_x")
+        cube = float_step(graph, node, "Mul", [cube, source], "scaled_square")
+        cube = float_step(graph, node, "Mul", [cube, source], "scaled_cube")
+        inner = float_step(graph, node, "Add", [source, cube], "inner")
         scaled = float_step(graph, node, "Mul", [inner, constant("sqrt_2_over_pi", math.sqrt(2.0 / math.pi))], "scaled")
         core = float_step(graph, node, "Tanh", [scaled], "tanh")
     else:
         scaled = float_step(graph, node, "Div", [source, constant("sqrt_2", math.sqrt(2.0))], "scaled")
         core = float_step(graph, node, "Erf", [scaled], "erf")
     one_plus = float_step(graph, node, "Add", [core, constant("one", 1.0)], "one_plus")
-    half_x = float_step(graph, node, "Mul", [source, constant("half", 0.5)], "half_x")
-    return float_step(graph, node, "Mul", [half_x, one_plus], "gelu")
+    return float_step(graph, node, "Mul", [one_plus, constant("half", 0.5)], "cdf")
 
 
 def _batch_norm(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
@@ -106,19 +94,35 @@ def _batch_norm(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source
         graph.add_tensor_initializer(f"{node.name}.bn.{label}", tensor.to(torch.float32))
         for label, tensor in (("weight", weight), ("bias", bias), ("running_mean", bn.running_mean), ("running_var", bn.running_var))
     ]
-    return float_step(graph, node, "BatchNormalization", inputs, "batchnorm", epsilon=float(np.float32(bn.eps)))
+    result = float_step(graph, node, "BatchNormalization", inputs, "batchnorm", epsilon=float(np.float32(bn.eps)))
+    return float_step(graph, node, "Relu", [result], "relu") if module.relu else result
 
 
 for _name, _float_op in (
     ("QuantReLU6", _clip),
-    ("QuantHardswish", _hardswish),
     ("QuantHardsigmoid", _hardsigmoid),
     ("QuantSigmoid", _sigmoid),
-    ("QuantSiLU", _silu),
-    ("QuantGELU", _gelu),
     ("QuantBatchNorm2d", _batch_norm),
 ):
     _register(_name)(_elementwise(_float_op))
+
+
+def _gated(gate_op: FloatOp) -> Callable[[OnnxGraph, torch.fx.Node, nn.Module], None]:
+    """Emit x * gate(x) with the gate quantized on its own, as the gated int8 modules compute it."""
+
+    def emit(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+        gate_source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+        gate = fake_quantize_value(graph, node, gate_op(graph, node, module, gate_source), module.gate_qparams, "gate")
+        # The product gets its own DequantizeLinear, so onnxruntime matches the QDQ group of a QLinearMul.
+        product_source = dequantize_input(graph, node, node.args[0], module.input_qparams, "product_input")
+        quantize_output(graph, node, float_step(graph, node, "Mul", [product_source, gate], "mul"), module.output_qparams)
+
+    return emit
+
+
+_register("QuantHardswish")(_gated(_hardsigmoid))
+_register("QuantSiLU")(_gated(_sigmoid))
+_register("QuantGELU")(_gated(_gelu_gate))
 
 
 def _binary(op_type: str) -> Callable[[OnnxGraph, torch.fx.Node, nn.Module], None]:
@@ -144,6 +148,13 @@ def emit_quant_cat(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> 
     rank = len(graph.shape(node))
     result = float_step(graph, node, "Concat", sources, "concat", axis=int(module.dim) % rank)
     quantize_output(graph, node, result, module.output_qparams)
+
+
+@_register("QuantSoftmax")
+def emit_quant_softmax(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+    source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+    axis = int(module.dim) % len(graph.shape(node.args[0]))
+    quantize_output(graph, node, float_step(graph, node, "Softmax", [source], "softmax", axis=axis), module.output_qparams)
 
 
 @_register("QuantMean")

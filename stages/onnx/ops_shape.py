@@ -33,13 +33,31 @@ def emit_alias(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) 
 
 
 def emit_reshape(graph: OnnxGraph, node: torch.fx.Node) -> None:
-    """Reshape to the node's output shape from the example run."""
+    """Reshape to the node's output shape from the example run.
+
+    With ``dynamic_batch``, a shape written in the call as ints with -1
+    first (``x.reshape(-1, 49, 96)``) is used as written, so the -1 takes
+    whatever multiple of the batch size the input has.
+    """
     source = node.args[0]
     target = graph.shape(node)
-    if graph.dynamic_batch and target and target[0] == graph.shape(source)[0]:
+    literal = _literal_shape(node)
+    if graph.dynamic_batch and literal is not None and literal[0] == -1 and literal.count(-1) == 1:
+        target = literal
+    elif graph.dynamic_batch and target and target[0] == graph.shape(source)[0]:
         target[0] = 0
     shape = graph.add_constant(f"{node.name}/shape", target, np.int64)
     graph.emit("Reshape", node, [graph.tensor(source), shape])
+
+
+def _literal_shape(node: torch.fx.Node) -> list[int] | None:
+    """Return the shape a view or reshape call passes when it is all literal ints, else None."""
+    sizes = node.args[1:] if node.op == "call_method" else node.args[1:2]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        sizes = sizes[0]
+    if not sizes or not all(type(size) is int for size in sizes):
+        return None
+    return list(sizes)
 
 
 @register_method("view", "reshape")
@@ -203,9 +221,78 @@ def emit_expand(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None)
     # Expand broadcasts, so 1 keeps a dimension the source already has.
     offset = len(target) - len(source_shape)
     dims = [1 if axis >= offset and source_shape[axis - offset] == size else size for axis, size in enumerate(target)]
-    if graph.dynamic_batch and dims and dims[0] != 1:
+    if graph.dynamic_batch and dims and (dims[0] != 1 or _computed_batch_size(graph, node)):
         rest = graph.add_constant(f"{node.name}/rest", dims[1:], np.int64)
         shape = graph.step("Concat", [graph.batch_size(), rest], f"{node.name}/shape", axis=0)
     else:
         shape = graph.add_constant(f"{node.name}/shape", dims, np.int64)
     graph.emit("Expand", node, [graph.tensor(node.args[0]), shape])
+
+
+def _computed_batch_size(graph: OnnxGraph, node: torch.fx.Node) -> bool:
+    """Check whether expand's first size is computed in the graph and equals the example batch size.
+
+    With an example batch of 1, ``expand(x.shape[0], -1, -1)`` and ``expand(1, -1, -1)``
+    have the same target shape, and only the computed one follows a dynamic batch.
+    """
+    sizes = node.args[1:] or (node.kwargs.get("size"),)
+    first = sizes[0] if sizes else None
+    if isinstance(first, (tuple, list)):
+        first = first[0] if first else None
+    if not isinstance(first, torch.fx.Node):
+        return False
+    placeholder = next(item for item in node.graph.nodes if item.op == "placeholder")
+    return graph.value(first) == graph.shape(placeholder)[0]
+
+
+@register_function(torch.roll)
+@register_method("roll")
+def emit_roll(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """torch.roll with explicit dims: per axis, Slice the tail and the head and Concat them."""
+    shifts = graph.value(argument(node, 1, "shifts"))
+    dims = graph.value(argument(node, 2, "dims"))
+    if dims is None or dims == ():
+        raise EmitError(f"ONNX export: node '{node.name}': torch.roll without dims is not supported; pass dims")
+    shifts = [shifts] if isinstance(shifts, int) else list(shifts)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    sizes = graph.shape(node.args[0])
+    graph.emit("Identity", node, [roll(graph, graph.tensor(node.args[0]), shifts, dims, sizes, node.name)])
+
+
+def roll(graph: OnnxGraph, source: str, shifts: list[int], dims: list[int], sizes: list[int], name: str) -> str:
+    """Emit torch.roll of ``source`` over ``dims`` and return the result's name."""
+    value = source
+    for shift, axis in zip(shifts, dims):
+        axis %= len(sizes)
+        size = sizes[axis]
+        shift %= size
+        if shift == 0:
+            continue
+        parts = []
+        for label, (start, end) in (("tail", (size - shift, size)), ("head", (0, size - shift))):
+            inputs = [value] + [
+                graph.add_constant(f"{name}/{label}{axis}_{key}", [number], np.int64)
+                for key, number in (("starts", start), ("ends", end), ("axes", axis))
+            ]
+            parts.append(graph.step("Slice", inputs, f"{name}/{label}{axis}"))
+        value = graph.step("Concat", parts, f"{name}/roll{axis}", axis=axis)
+    return value
+
+
+@register_function(F.pad)
+def emit_pad(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module | None) -> None:
+    """F.pad in constant mode: ONNX Pad with the begin and end of every axis."""
+    mode = graph.value(argument(node, 2, "mode", "constant"))
+    if mode != "constant":
+        raise EmitError(f"ONNX export: node '{node.name}': F.pad mode {mode!r} is not supported; use mode='constant'")
+    widths = list(graph.value(argument(node, 1, "pad")))
+    value = graph.value(argument(node, 3, "value", None)) or 0.0
+    rank = len(graph.shape(node.args[0]))
+    begins, ends = [0] * rank, [0] * rank
+    # F.pad lists (begin, end) pairs from the last axis backwards.
+    for index in range(len(widths) // 2):
+        axis = rank - 1 - index
+        begins[axis], ends[axis] = int(widths[2 * index]), int(widths[2 * index + 1])
+    pads = graph.add_constant(f"{node.name}/pads", begins + ends, np.int64)
+    constant = graph.add_constant(f"{node.name}/value", float(value), graph.numpy_dtype(node))
+    graph.emit("Pad", node, [graph.tensor(node.args[0]), pads, constant], mode="constant")

@@ -255,6 +255,17 @@ def float_compute_nodes(histogram: dict[str, int]) -> int:
 
 def optimized_histogram(model: onnx.ModelProto | Path, work_dir: Path) -> dict[str, int]:
     """Return the op type histogram of the graph onnxruntime runs (CPU, every optimization)."""
+    histogram: dict[str, int] = {}
+    for node in optimized_graph(model, work_dir).node:
+        histogram[node.op_type] = histogram.get(node.op_type, 0) + 1
+    return dict(sorted(histogram.items()))
+
+
+def optimized_graph(model: onnx.ModelProto | Path, work_dir: Path) -> onnx.GraphProto:
+    """Return the graph onnxruntime runs (CPU, every optimization), without its large initializers' data.
+
+    The optimized model is written to ``work_dir`` and deleted afterwards.
+    """
     optimized_path = work_dir / "optimized.tmp.onnx"
     optimized_data = work_dir / "optimized.tmp.onnx.data"
     try:
@@ -265,15 +276,25 @@ def optimized_histogram(model: onnx.ModelProto | Path, work_dir: Path) -> dict[s
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         source = str(model) if isinstance(model, Path) else model.SerializeToString()
         ort.InferenceSession(source, options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS)
-        optimized = onnx.load(str(optimized_path), load_external_data=False)
+        return onnx.load(str(optimized_path), load_external_data=False).graph
     finally:
         optimized_path.unlink(missing_ok=True)
         optimized_data.unlink(missing_ok=True)
 
-    histogram: dict[str, int] = {}
-    for node in optimized.graph.node:
-        histogram[node.op_type] = histogram.get(node.op_type, 0) + 1
-    return dict(sorted(histogram.items()))
+
+def kernel_signature(graph: onnx.GraphProto) -> list[tuple[Any, ...]]:
+    """Return each node's op type, attributes and input dtypes and shapes, in graph order.
+
+    Two graphs with equal signatures run the same kernels on the same tensor
+    shapes; only names and initializer values may differ.
+    """
+    initializers = {tensor.name: (tensor.data_type, tuple(tensor.dims)) for tensor in graph.initializer}
+    signature = []
+    for node in graph.node:
+        attributes = tuple(sorted((attribute.name, str(onnx.helper.get_attribute_value(attribute))) for attribute in node.attribute))
+        inputs = tuple(initializers.get(name, "computed") for name in node.input)
+        signature.append((node.domain, node.op_type, attributes, inputs))
+    return signature
 
 
 def _relative(abs_diff: float, reference: float) -> float:

@@ -13,7 +13,15 @@ import torch
 from int8_models import ConvAddLinear, quantize_model
 from stages.onnx.emitter import export_graph_module
 from stages.onnx.exporter import output_quantization_steps
-from stages.onnx.parity import chunk_inputs, compare_outputs, count_int8_kernels, create_session, find_divergence
+from stages.onnx.parity import (
+    chunk_inputs,
+    compare_outputs,
+    count_int8_kernels,
+    create_session,
+    find_divergence,
+    kernel_signature,
+    optimized_graph,
+)
 from stages.quant.modules import Dequantize
 
 INPUT_SHAPE = [1, 3, 16, 16]
@@ -179,4 +187,124 @@ def test_linear_on_tokens_runs_as_qgemm(tmp_path: Path, dynamic_batch: bool) -> 
     batch_size = 3 if dynamic_batch else 2
     batches = [inputs[:batch_size].numpy()]
     comparison = compare_outputs(create_session(model), int8, batches, output_quantization_steps(int8))
+    assert comparison.within_one_step_pct >= 99.9
+
+
+class GatedActivations(torch.nn.Module):
+    """Model with convs followed by SiLU, Hardswish and GELU, the activations x * gate(x)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.silu = torch.nn.SiLU()
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.hardswish = torch.nn.Hardswish()
+        self.conv3 = torch.nn.Conv2d(8, 8, 1)
+        self.gelu = torch.nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.silu(self.conv1(x))
+        x = self.hardswish(self.conv2(x))
+        return self.gelu(self.conv3(x))
+
+
+def test_gated_activations_use_qlinearmul(tmp_path: Path) -> None:
+    _, int8, inputs = quantize_model(GatedActivations(), INPUT_SHAPE)
+    model = export_graph_module(int8, inputs[:1], opset=17)
+    onnx.checker.check_model(model, full_check=True)
+
+    _, histogram = count_int8_kernels(model, tmp_path)
+    assert histogram.get("QLinearMul", 0) == 3
+    assert histogram.get("QLinearSigmoid", 0) == 1
+    # The one float Mul is the 0.5 of GELU's gate, 0.5 * (1 + erf(x / sqrt(2))).
+    assert histogram.get("Mul", 0) == 1
+
+    steps = output_quantization_steps(int8)
+    comparison = compare_outputs(create_session(model), int8, chunk_inputs(inputs.numpy(), 1), steps)
+    assert comparison.within_one_step_pct >= 99.9
+
+
+def test_kernel_signature_separates_graphs(tmp_path: Path) -> None:
+    fp32, int8, inputs = quantize_model(ConvAddLinear(), INPUT_SHAPE)
+    int8_signature = kernel_signature(optimized_graph(export_graph_module(int8, inputs[:1], opset=17), tmp_path))
+    again = kernel_signature(optimized_graph(export_graph_module(int8, inputs[:1], opset=17), tmp_path))
+    fp32_signature = kernel_signature(optimized_graph(export_graph_module(fp32, inputs[:1], opset=17), tmp_path))
+
+    assert int8_signature == again
+    assert int8_signature != fp32_signature
+    assert ("com.microsoft", "QLinearConv") in {entry[:2] for entry in int8_signature}
+    assert list(tmp_path.iterdir()) == []
+
+
+class TransformerBlock(torch.nn.Module):
+    """Model with a pre-norm self-attention block and an MLP, as in ViT."""
+
+    def __init__(self, embed: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(embed)
+        self.attention = torch.nn.MultiheadAttention(embed, heads, batch_first=True)
+        self.norm2 = torch.nn.LayerNorm(embed)
+        self.fc1 = torch.nn.Linear(embed, 2 * embed)
+        self.gelu = torch.nn.GELU()
+        self.fc2 = torch.nn.Linear(2 * embed, embed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        y, _ = self.attention(y, y, y, need_weights=False)
+        x = x + y
+        return x + self.fc2(self.gelu(self.fc1(self.norm2(x))))
+
+
+def test_attention_uses_int8_kernels(tmp_path: Path) -> None:
+    _, int8, inputs = quantize_model(TransformerBlock(), [1, 10, 32])
+    model = export_graph_module(int8, inputs[:1], opset=17)
+    onnx.checker.check_model(model, full_check=True)
+
+    _, histogram = count_int8_kernels(model, tmp_path)
+    assert histogram.get("QLinearMatMul", 0) == 2
+    assert histogram.get("QLinearSoftmax", 0) == 1
+    assert histogram.get("QGemm", 0) == 4
+    for float_op in ("MatMul", "Softmax", "Gemm", "FusedMatMul"):
+        assert float_op not in histogram
+
+    steps = output_quantization_steps(int8)
+    comparison = compare_outputs(create_session(model), int8, chunk_inputs(inputs.numpy(), 1), steps)
+    assert comparison.within_one_step_pct >= 99.9
+
+
+class DenseLayer(torch.nn.Module):
+    """Model with a pre-activation layer as in DenseNet: concat, BatchNorm, ReLU, then a conv without bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(11)
+        self.relu = torch.nn.ReLU()
+        self.conv = torch.nn.Conv2d(11, 8, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([x, self.stem(x)], dim=1)
+        return self.conv(self.relu(self.norm(features)))
+
+
+def test_batchnorm_relu_quantize_once(tmp_path: Path) -> None:
+    model_fp32 = DenseLayer()
+    with torch.no_grad():
+        model_fp32.norm.running_mean.uniform_(-0.5, 0.5)
+        model_fp32.norm.running_var.uniform_(0.5, 2.0)
+    _, int8, inputs = quantize_model(model_fp32, INPUT_SHAPE)
+    norm = int8.get_submodule("norm")
+    assert type(norm).__name__ == "QuantBatchNorm2d"
+    assert norm.relu is True
+    assert "relu" not in {node.name for node in int8.graph.nodes}
+
+    model = export_graph_module(int8, inputs[:1], opset=17)
+    conv = next(node for node in model.graph.node if node.op_type == "Conv" and node.name.startswith("conv/"))
+    assert len(conv.input) == 2
+    graph = optimized_graph(model, tmp_path)
+    assert [node.op_type for node in graph.node].count("QuantizeLinear") == 2
+    assert [len(node.input) for node in graph.node if node.op_type == "QLinearConv"] == [9, 8]
+
+    steps = output_quantization_steps(int8)
+    comparison = compare_outputs(create_session(model), int8, chunk_inputs(inputs.numpy(), 1), steps)
     assert comparison.within_one_step_pct >= 99.9

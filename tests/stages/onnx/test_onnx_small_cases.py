@@ -204,3 +204,38 @@ def test_multihead_attention_separate_key_value(opset: int) -> None:
 @pytest.mark.parametrize("opset", [13, 18])
 def test_multihead_attention_weights_opsets(opset: int) -> None:
     export_and_compare(AttentionWeights(), (2, 3, 8), opset=opset)
+
+
+class ClassToken(nn.Module):
+    """Module that prepends a learned token, expanded to the input's batch size as in ViT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(1, 1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+def test_expand_computed_batch_stays_dynamic() -> None:
+    # An example batch of 1 makes the expanded size look like a literal 1.
+    model = export_and_compare(ClassToken(), (1, 5, 4), dynamic_batch=True)
+
+    assert [node.op_type for node in model.graph.node].count("Expand") == 1
+
+
+class RollPad(nn.Module):
+    """Model that pads, rolls two axes and folds the batch into windows, as Swin does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (0, 0, 0, 1, 0, 2), value=0.5)
+        x = torch.roll(x, shifts=(-2, 1), dims=(1, 2))
+        return x.reshape(-1, 2, 2, 3).mean(dim=1)
+
+
+def test_roll_pad_reshape_dynamic_batch() -> None:
+    model = export_and_compare(RollPad(), (1, 4, 3, 3), dynamic_batch=True, rtol=0.0)
+
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("Pad") == 1
+    assert ops.count("Concat") == 2
