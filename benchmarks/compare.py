@@ -21,7 +21,7 @@ from benchmarks.peers import ORT_METHODS, fx_quantize, ort_quantize
 from benchmarks.scoring import better, ort_logits, score, torch_logits
 from benchmarks.workspace import ExampleRun
 from stages.artifacts import load_model
-from stages.profiling.onnx_timing import time_onnx
+from stages.profiling.onnx_timing import time_onnx_models
 from stages.profiling.torch_timing import time_torch
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,13 @@ def compare_example(run: ExampleRun, work_dir: Path, quick: bool) -> dict[str, A
 
     repeats = 20 if quick else 100
     timing = (THREADS, WARMUP, repeats)
+    onnx_exports = {
+        "onnxruntime fp32 (our export)": fp32_export,
+        "onnxruntime int8 (ours)": our_int8_export,
+        f"onnxruntime int8 (quantize_static {best['method']})": best_path,
+    }
     speed = {
-        "onnxruntime fp32 (our export)": time_onnx(fp32_export, 1, *timing),
-        "onnxruntime int8 (ours)": time_onnx(our_int8_export, 1, *timing),
-        f"onnxruntime int8 (quantize_static {best['method']})": time_onnx(best_path, 1, *timing),
+        **time_onnx_models(onnx_exports, 1, *timing),
         "PyTorch fp32": time_torch(fp32, list(example.shape), *timing),
         "PyTorch int8 (torch.ao FX, x86)": time_torch(fx_model, list(example.shape), *timing),
     }

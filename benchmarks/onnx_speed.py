@@ -16,7 +16,7 @@ It also times the export of resnet50: our emitter against torch.onnx.export
 when the default fails, which the table says).
 
 Run: ``.venv/bin/python -m benchmarks.onnx_speed`` (resnet18 and mobilenet_v2
-at 224x224, about 3 minutes on 2 cores), ``--all`` for the 17 classifiers,
+at 224x224, about 1 minute on 2 cores), ``--all`` for the 17 classifiers (about 5 minutes),
 ``--json`` for one JSON object instead of the table.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +53,9 @@ MODEL_KWARGS: dict[str, dict[str, Any]] = {
 EXPORT_TIME_MODEL = "resnet50"
 OPSET = 17
 THREADS = 2
+WARMUP = 5
+# QLinearConv's inputs before the optional int32 bias.
+QLINEAR_CONV_INPUTS_WITHOUT_BIAS = 8
 CALIBRATION_BATCHES = 4
 CALIBRATION_BATCH_SIZE = 2
 
@@ -71,6 +73,8 @@ class ModelTiming:
     float_compute_nodes: int
     quantize_static_int8_kernels: int
     quantize_static_float_compute_nodes: int
+    # onnxruntime's optimized graphs of both int8 models run the same kernels (in any order).
+    same_kernels_as_quantize_static: bool
     speedup_vs_fp32: float = 0.0
     speedup_vs_quantize_static: float = 0.0
 
@@ -155,30 +159,17 @@ def quantize_static_best(fp32_path: Path, work: Path, calibration: list[np.ndarr
     return quantized
 
 
-def median_latency_ms(path: Path, sample: np.ndarray, runs: int) -> float:
-    from stages.onnx.parity import create_session
-
-    session = create_session(path, threads=THREADS)
-    feed = {session.get_inputs()[0].name: sample}
-    for _ in range(max(3, runs // 10)):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
-
-def kernel_counts(path: Path, work: Path) -> tuple[int, int]:
-    from stages.onnx.parity import count_int8_kernels, float_compute_nodes
+def kernel_counts(path: Path, work: Path) -> tuple[int, int, list[tuple[Any, ...]]]:
+    """Return the int8 kernel count, the float compute node count and the kernel signature of the optimized graph."""
+    from stages.onnx.parity import count_int8_kernels, float_compute_nodes, kernel_signature, optimized_graph
 
     count, histogram = count_int8_kernels(path, work)
-    return count, float_compute_nodes(histogram)
+    return count, float_compute_nodes(histogram), kernel_signature(optimized_graph(path, work))
 
 
 def time_model(name: str, image_size: int, runs: int, work: Path) -> ModelTiming:
     from stages.onnx.emitter import export_graph_module
+    from stages.profiling.onnx_timing import time_onnx_models
     from stages.tracing.tracer import trace_model
 
     input_shape = [1, 3, image_size, image_size]
@@ -187,7 +178,7 @@ def time_model(name: str, image_size: int, runs: int, work: Path) -> ModelTiming
     sample = rng.standard_normal(input_shape).astype(np.float32)
     example = torch.from_numpy(sample)
 
-    fp32 = trace_model(build_model(name, image_size))
+    fp32 = trace_model(build_model(name, image_size), input_shape=input_shape)
     fp32_path = work / f"{name}_fp32.onnx"
     onnx.save(export_graph_module(fp32, example, OPSET), str(fp32_path))
 
@@ -198,22 +189,38 @@ def time_model(name: str, image_size: int, runs: int, work: Path) -> ModelTiming
 
     static_path = quantize_static_best(fp32_path, work, calibration)
 
-    int8_kernels, float_nodes = kernel_counts(int8_path, work)
-    static_kernels, static_float = kernel_counts(static_path, work)
+    int8_kernels, float_nodes, int8_ops = kernel_counts(int8_path, work)
+    static_kernels, static_float, static_ops = kernel_counts(static_path, work)
+    latency = time_onnx_models({"fp32": fp32_path, "int8": int8_path, "static": static_path}, 1, THREADS, WARMUP, runs)
     timing = ModelTiming(
         model=name,
         image_size=image_size,
-        fp32_ms=median_latency_ms(fp32_path, sample, runs),
-        int8_ms=median_latency_ms(int8_path, sample, runs),
-        quantize_static_ms=median_latency_ms(static_path, sample, runs),
+        fp32_ms=latency["fp32"].median_ms,
+        int8_ms=latency["int8"].median_ms,
+        quantize_static_ms=latency["static"].median_ms,
         int8_kernels=int8_kernels,
         float_compute_nodes=float_nodes,
         quantize_static_int8_kernels=static_kernels,
         quantize_static_float_compute_nodes=static_float,
+        same_kernels_as_quantize_static=_kernel_multiset(int8_ops) == _kernel_multiset(static_ops),
     )
     timing.speedup_vs_fp32 = timing.fp32_ms / timing.int8_ms
     timing.speedup_vs_quantize_static = timing.quantize_static_ms / timing.int8_ms
     return timing
+
+
+def _kernel_multiset(signature: list[tuple[Any, ...]]) -> list[str]:
+    """Return the sorted node signatures, with a QLinearConv's optional bias input left out.
+
+    Our export drops a bias that quantizes to all zeros, which saves the
+    add and is the same kernel otherwise.
+    """
+    entries = []
+    for domain, op_type, attributes, inputs in signature:
+        if op_type == "QLinearConv":
+            inputs = inputs[:QLINEAR_CONV_INPUTS_WITHOUT_BIAS]
+        entries.append(repr((domain, op_type, attributes, inputs)))
+    return sorted(entries)
 
 
 def time_export(name: str, image_size: int) -> ExportTiming:
@@ -249,18 +256,24 @@ def render(report: Report) -> str:
     lines = [
         f"CPU: {report.cpu}",
         "versions: " + ", ".join(f"{name} {version}" for name, version in report.versions.items()),
-        f"onnxruntime CPU, batch 1, {report.threads} threads, median of {report.runs} runs",
+        f"onnxruntime CPU, batch 1, {report.threads} threads, median of {report.runs} runs interleaved over the three variants",
         "",
         f"{'model':<20} {'size':>4} {'fp32 ms':>9} {'int8 ms':>9} {'q_static ms':>11} "
-        f"{'int8/fp32':>9} {'ours/q_static':>13} {'int8 kernels':>12} {'float nodes':>11} {'q_static float':>14}",
+        f"{'int8/fp32':>9} {'ours/q_static':>13} {'int8 kernels':>12} {'float nodes':>11} {'q_static float':>14} {'same kernels':>12}",
     ]
     for row in report.models:
         lines.append(
             f"{row.model:<20} {row.image_size:>4} {row.fp32_ms:>9.2f} {row.int8_ms:>9.2f} {row.quantize_static_ms:>11.2f} "
             f"{row.speedup_vs_fp32:>8.2f}x {row.speedup_vs_quantize_static:>12.2f}x {row.int8_kernels:>12} "
-            f"{row.float_compute_nodes:>11} {row.quantize_static_float_compute_nodes:>14}"
+            f"{row.float_compute_nodes:>11} {row.quantize_static_float_compute_nodes:>14} {'yes' if row.same_kernels_as_quantize_static else 'no':>12}"
         )
     lines.append("int8/fp32: how many times faster our int8 runs than our fp32; ours/q_static: than quantize_static's int8.")
+    lines.append(
+        "same kernels: onnxruntime's optimized graphs of our int8 and quantize_static's int8 have the same nodes "
+        "(op, attributes, input types and shapes, a QLinearConv with or without its bias; "
+        "independent branches may run in another order), "
+        "so their speed differs only by measurement noise."
+    )
     if report.export is not None:
         export = report.export
         lines += [

@@ -1,7 +1,7 @@
 """Benchmark `pipe` against its peers and print one table per section.
 
-    python benchmarks/run.py            # every section, about 10 minutes on 2 cores once cached
-    python benchmarks/run.py --quick    # the digits ResNet only, fewer repeats and observers
+    python benchmarks/run.py            # every section, about 2.5 minutes on 2 cores (first run)
+    python benchmarks/run.py --quick    # the digits ResNet, fewer repeats; calibration cost on one mobilenet_v2 batch
     python benchmarks/run.py --json     # one JSON object on stdout
 
 Sections:
@@ -137,7 +137,7 @@ def text_lines(report: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark pipe's int8 pipeline against torch.ao FX and onnxruntime quantize_static.")
-    parser.add_argument("--quick", action="store_true", help="digits ResNet only, fewer repeats, one onnxruntime calibration method, minmax and percentile observers")
+    parser.add_argument("--quick", action="store_true", help="digits ResNet only, fewer repeats, one onnxruntime calibration method; calibration cost on one mobilenet_v2 batch with the minmax and percentile observers")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help=f"folder for the example copies and their caches (default: {DEFAULT_WORK_DIR})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")

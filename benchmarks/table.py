@@ -77,7 +77,8 @@ def calibration_lines(data: dict[str, Any]) -> list[str]:
         [observer, f"{row['calibrate_s']:.3f} s", f"{row['fp32_forward_s']:.3f} s", ratio(row["ratio"]), verdict(row)]
         for observer, row in data["observers"].items()
     ]
-    title = f"calibration cost, mobilenet_v2: {data['batches']} batches of {data['batch_size']} ({data['samples']} samples)"
+    batches = f"{data['batches']} batch" if data["batches"] == 1 else f"{data['batches']} batches"
+    title = f"calibration cost, mobilenet_v2: {batches} of {data['batch_size']} ({data['samples']} samples)"
     return [title, "", *render_table(headers, rows)]
 
 

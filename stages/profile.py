@@ -44,7 +44,7 @@ class Profile(Stage):
         from stages.profiling.cpu import describe_cpu, runtime_versions
         from stages.profiling.exports import find_onnx_exports, first_of
         from stages.profiling.memory import METHOD, measure_peaks
-        from stages.profiling.onnx_timing import InputShapeError, profile_onnx_nodes, time_onnx
+        from stages.profiling.onnx_timing import InputShapeError, profile_onnx_nodes, time_onnx_models
         from stages.profiling.torch_timing import count_macs, count_parameters, time_torch
 
         params = ctx.params
@@ -84,12 +84,13 @@ class Profile(Stage):
             advance(1)
 
         per_export: dict[str, Any] = {}
+        try:
+            latencies = time_onnx_models({export.stage: export.path for export in exports}, params["batch_size"], *timing)
+        except InputShapeError as exc:
+            raise StageError(f"stage '{ctx.stage_name}': cannot time export {exc}") from exc
         for export in exports:
-            try:
-                latency = time_onnx(export.path, params["batch_size"], *timing)
-                nodes = profile_onnx_nodes(export.path, params["batch_size"], *timing) if params["top_nodes"] else []
-            except InputShapeError as exc:
-                raise StageError(f"stage '{ctx.stage_name}': cannot time export '{export.stage}': {exc}") from exc
+            latency = latencies[export.stage]
+            nodes = profile_onnx_nodes(export.path, params["batch_size"], *timing) if params["top_nodes"] else []
             per_export[export.stage] = {
                 "precision": export.precision,
                 **latency.as_measurements("latency"),

@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ from stages.profiling.stats import Latency
 # Suffix onnxruntime's profiler adds to each node's kernel event name.
 KERNEL_SUFFIX = "_kernel_time"
 INPUT_SEED = 0
+# Rounds over which time_onnx_models interleaves the models it compares.
+INTERLEAVE_ROUNDS = 10
+# Pause before switching models. On a 2-core machine 50 ms removed the slowdown
+# that the previous session's spinning threads caused. The value is measured, not documented.
+SWITCH_PAUSE_SECONDS = 0.05
 
 NUMPY_TYPES = {
     "tensor(float)": np.float32,
@@ -99,17 +105,71 @@ def session_feeds(session: onnxruntime.InferenceSession, batch_size: int) -> dic
 
 def time_onnx(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> Latency:
     """Time ``repeats`` runs of the model after ``warmup`` untimed ones."""
-    session = create_session(path, threads)
-    feeds = session_feeds(session, batch_size)
-    for _ in range(warmup):
-        session.run(None, feeds)
+    return time_onnx_models({path.name: path}, batch_size, threads, warmup, repeats)[path.name]
 
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        samples.append(time.perf_counter() - started)
-    return Latency.from_seconds(samples)
+
+def time_onnx_models(
+    paths: Mapping[str, Path], batch_size: int, threads: int, warmup: int, repeats: int, rounds: int = INTERLEAVE_ROUNDS
+) -> dict[str, Latency]:
+    """Time ``repeats`` runs of each model, interleaved in ``rounds`` rounds, after ``warmup`` untimed runs each.
+
+    Interleaving puts the models under the same machine conditions: a
+    clock-speed change or another process's burst of work during the
+    measurement lands on every model, not on whichever ran at that moment.
+    Each session's intra-op threads spin for a while after a run and would
+    compete with the next model's threads, so every switch first sleeps
+    and then does one untimed run. On a 2-core EPYC, two sessions of the
+    same optimized graph timed 1 to 2% apart depending on the order in which
+    they were created. So with N models the repeats are split over N passes
+    with fresh sessions, created in an order rotated by one each pass, and
+    every model is created in every position once.
+    An InputShapeError names the model (the key of ``paths``) it is about.
+    """
+    names = list(paths)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for offset in range(len(names)):
+        count = repeats // len(names) + (1 if offset < repeats % len(names) else 0)
+        if count == 0:
+            continue
+        order = names[offset:] + names[:offset]
+        passed = _time_interleaved(paths, order, batch_size, threads, warmup, count, max(1, rounds // len(names)))
+        for name in names:
+            samples[name] += passed[name]
+    return {name: Latency.from_seconds(samples[name]) for name in names}
+
+
+def _time_interleaved(
+    paths: Mapping[str, Path], names: list[str], batch_size: int, threads: int, warmup: int, repeats: int, rounds: int
+) -> dict[str, list[float]]:
+    """Return per model the seconds of ``repeats`` timed runs, with sessions created in ``names`` order."""
+    sessions = {}
+    for name in names:
+        session = create_session(paths[name], threads)
+        try:
+            sessions[name] = (session, session_feeds(session, batch_size))
+        except InputShapeError as exc:
+            raise InputShapeError(f"'{name}': {exc}") from exc
+    for session, feeds in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feeds)
+
+    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    rounds = max(1, min(rounds, repeats))
+    for index in range(rounds):
+        # Spread the repeats over the rounds. The first rounds take the remainder.
+        count = repeats // rounds + (1 if index < repeats % rounds else 0)
+        # Rotate the order, so no model always runs right after the same other one.
+        order = names[index % len(names) :] + names[: index % len(names)]
+        for name in order:
+            session, feeds = sessions[name]
+            if len(sessions) > 1:
+                time.sleep(SWITCH_PAUSE_SECONDS)
+                session.run(None, feeds)
+            for _ in range(count):
+                started = time.perf_counter()
+                session.run(None, feeds)
+                samples[name].append(time.perf_counter() - started)
+    return samples
 
 
 def profile_onnx_nodes(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[NodeTime]:

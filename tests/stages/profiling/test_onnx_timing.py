@@ -7,7 +7,15 @@ from typing import Callable
 import pytest
 
 from stages.profiling.exports import export_precision, find_onnx_exports, first_of
-from stages.profiling.onnx_timing import InputShapeError, create_session, node_times, profile_onnx_nodes, session_feeds, time_onnx
+from stages.profiling.onnx_timing import (
+    InputShapeError,
+    create_session,
+    node_times,
+    profile_onnx_nodes,
+    session_feeds,
+    time_onnx,
+    time_onnx_models,
+)
 
 
 def test_time_onnx_counts_repeats(tmp_path: Path, write_conv_model: Callable[..., None]) -> None:
@@ -76,3 +84,20 @@ def test_export_precision_from_contract_or_ops(tmp_path: Path, write_conv_model:
     exports = find_onnx_exports([tmp_path / "a", tmp_path / "caffe", tmp_path / "b"], ["onnx_a", "caffe", "onnx_b"])
     assert [(export.stage, export.precision) for export in exports] == [("onnx_a", "fp32"), ("onnx_b", "int8")]
     assert first_of(exports, "int8").stage == "onnx_b"
+
+
+def test_interleaved_timing_covers_every_model(tmp_path: Path, write_conv_model: Callable[..., None]) -> None:
+    write_conv_model(tmp_path / "fp32.onnx", int8=False)
+    write_conv_model(tmp_path / "int8.onnx", int8=True)
+    latencies = time_onnx_models({"fp32": tmp_path / "fp32.onnx", "int8": tmp_path / "int8.onnx"}, 1, 1, 1, repeats=7, rounds=3)
+    assert set(latencies) == {"fp32", "int8"}
+    for latency in latencies.values():
+        assert latency.runs == 7
+        assert 0 < latency.p10_ms <= latency.median_ms <= latency.p90_ms
+
+
+def test_interleaved_timing_names_bad_model(tmp_path: Path, write_conv_model: Callable[..., None]) -> None:
+    write_conv_model(tmp_path / "dynamic.onnx", int8=False)
+    write_conv_model(tmp_path / "fixed.onnx", int8=False, batch=1)
+    with pytest.raises(InputShapeError, match="'fixed': input 'input' has a fixed batch size of 1, not 4"):
+        time_onnx_models({"dynamic": tmp_path / "dynamic.onnx", "fixed": tmp_path / "fixed.onnx"}, 4, 1, 1, repeats=2)
