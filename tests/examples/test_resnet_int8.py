@@ -144,5 +144,9 @@ def test_failing_gate_exits_1_and_skips(example: tuple[Path, dict]) -> None:
     assert "accuracy test failed" in data["error"]
     assert "pipe run resnet_int8.yaml" in data["error"]
     assert "evaluate" not in data["metrics"]
+    report = (folder / "out" / "resnet_int8" / "report.md").read_text()
+    assert "## Stages without a result" in report
+    assert "- evaluate: failed (" in report
+    assert "- profile: skipped" in report
     lock = yaml.safe_load((folder / "resnet_int8.lock").read_text())
     assert lock["stages"]["evaluate"] == yaml.safe_load(lock_before)["stages"]["evaluate"]
