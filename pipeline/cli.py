@@ -144,12 +144,13 @@ def _listener(as_json: bool) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_common
 def validate(pipeline_file: Path, as_json: bool, verbose: int, quiet: bool) -> None:
-    """Check PIPELINE_FILE against the schemas and the DAG rules; run nothing."""
+    """Check PIPELINE_FILE against the schemas and the DAG rules, and that the files it reads exist; run nothing."""
     _setup_logging(verbose, quiet)
-    from pipeline import config
+    from pipeline import config, keys
 
     with _guard(as_json, lambda: {"valid": False}):
         pipeline = config.load(pipeline_file)
+        keys.check_files(pipeline)
     if as_json:
         _emit_json({"valid": True, "pipeline": pipeline.name, "stages": [spec.name for spec in pipeline.stages]})
     else:

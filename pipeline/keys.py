@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Pipeline, StageSpec
+from pipeline.config import Pipeline, StageSpec, display_path
 from pipeline.contract import Stage
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StageError
 from pipeline.hashing import FileDigests, canonical_json, package_version, sha256_bytes, source_digest
 
 KEY_SCHEME = 1
@@ -39,17 +39,11 @@ def key_parts(
     """Return the named parts of ``spec``'s key, each already a digest or a small value."""
     config = stage.config(spec.params, pipeline.document)
     files = {}
-    for path in stage.files(spec.params, pipeline.document, pipeline.root):
+    for relative, path in read_files(spec, stage, pipeline).items():
         try:
-            relative = Path(path).resolve().relative_to(pipeline.root).as_posix()
-        except ValueError:
-            relative = str(path)
-        try:
-            files[relative] = file_digests.digest(Path(path))
+            files[relative] = file_digests.digest(path)
         except FileNotFoundError as exc:
-            raise ConfigError(
-                f"{relative}: file read by stage '{spec.name}' not found; fix the path in {pipeline.path.name}"
-            ) from exc
+            raise _missing(relative, spec, pipeline) from exc
     return {
         "scheme": KEY_SCHEME,
         "kind": f"{spec.kind}@{stage.version}",
@@ -60,6 +54,40 @@ def key_parts(
         "files": dict(sorted(files.items())),
         "packages": {name: package_version(name) for name in sorted(stage.packages(spec.params))},
     }
+
+
+def read_files(spec: StageSpec, stage: Stage, pipeline: Pipeline) -> dict[str, Path]:
+    """Return the files ``spec`` reads, keyed by their path relative to the pipeline folder.
+
+    Raises ConfigError naming the stage when a file is missing or the stage
+    cannot tell which files it reads (a model module that does not exist).
+    """
+    try:
+        paths = stage.files(spec.params, pipeline.document, pipeline.root)
+    except StageError as exc:
+        raise ConfigError(f"{display_path(pipeline.path)}: stage '{spec.name}': {exc}") from exc
+    files = {}
+    for path in map(Path, paths):
+        try:
+            relative = path.resolve().relative_to(pipeline.root).as_posix()
+        except ValueError:
+            relative = str(path)
+        if not path.is_file():
+            raise _missing(relative, spec, pipeline)
+        files[relative] = path
+    return files
+
+
+def check_files(pipeline: Pipeline) -> None:
+    """Raise ConfigError for the first stage, in file order, that reads a missing file."""
+    from stages import load_stage
+
+    for spec in pipeline.stages:
+        read_files(spec, load_stage(spec.kind), pipeline)
+
+
+def _missing(relative: str, spec: StageSpec, pipeline: Pipeline) -> ConfigError:
+    return ConfigError(f"{relative}: file read by stage '{spec.name}' not found; fix the path in {pipeline.path.name}")
 
 
 def key_from_parts(parts: dict[str, Any]) -> str:

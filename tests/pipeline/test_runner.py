@@ -196,6 +196,24 @@ def test_status_dag_show_validate_json(workdir: Path) -> None:
     assert trace_kind["params"]["leaf_modules"]["default"] == []
 
 
+def test_validate_missing_module_and_checkpoint(workdir: Path) -> None:
+    path = write_pipeline(workdir, TRACE_ONLY.replace("source: tiny_model:build", "source: no_such_module:build"))
+    result = pipe("validate", path.name, cwd=workdir)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: p.yaml: stage 'trace': model source 'no_such_module:build': module file not found, "
+        f"expected {workdir.resolve() / 'no_such_module.py'} or {workdir.resolve() / 'no_such_module' / '__init__.py'}; "
+        "put the module next to the pipeline file"
+    ]
+
+    with_checkpoint = TRACE_ONLY.replace("input_shape: [1, 1, 8, 8]", "input_shape: [1, 1, 8, 8]\n  checkpoint: weights.pt")
+    path = write_pipeline(workdir, with_checkpoint)
+    result = pipe("validate", path.name, cwd=workdir)
+    assert result.returncode == 2
+    assert "weights.pt: file read by stage 'trace' not found; fix the path in p.yaml" in result.stderr
+    assert not (workdir / "p.lock").exists()
+
+
 def test_gc_removes_unreferenced(workdir: Path) -> None:
     path = write_pipeline(workdir, TRACE_ONLY)
     run_json(path)
