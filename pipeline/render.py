@@ -11,9 +11,7 @@ import time
 from typing import Any, Callable, TextIO
 
 from pipeline.runner import Listener, Outcome, RunResult
-
-# Below this onnxruntime latency per run, session overhead dominates and a speed-up ratio means little.
-TINY_LATENCY_MS = 0.1
+from stages.profiling.report import TINY_LATENCY_MS
 
 STATUS_STYLE = {
     "waiting": "dim",

@@ -57,7 +57,7 @@ class PrepareQconfig(Stage):
         activation = metrics["activation"]
         weight = metrics["weight"]
         lines = [
-            f"### Quantization config ({name})",
+            f"## Quantization config: {name}",
             "",
             f"- target: {metrics.get('target', 'onnxruntime')}",
             f"- activations: {activation['dtype']}, {activation['observer']} observer"

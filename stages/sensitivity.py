@@ -95,7 +95,7 @@ class Sensitivity(Stage):
             return ""
         unit = "dB SQNR" if metrics.get("metric") == "sqnr" else "% top-1 agreement"
         lines = [
-            f"### Sensitivity ({name})",
+            f"## Sensitivity: {name}",
             "",
             f"Whole model: {metrics['initial_score']} -> {metrics['final_score']} {unit}; "
             f"budget {metrics['budget']} {'met' if metrics['budget_met'] else 'not met'}.",

@@ -114,7 +114,7 @@ def test_override_rules_apply_in_order(tmp_path: Path) -> None:
     assert "fc" not in qconfig["skip"]
 
     report = load_stage("prepare-qconfig").report("qconfig", {"metrics": result.metrics})
-    assert report.startswith("### Quantization config (qconfig)")
+    assert report.startswith("## Quantization config: qconfig")
     assert "- weights: int8 symmetric, minmax observer, per channel" in report
     assert "4. op=Linear, quantize=False" in report
     assert "- float (not quantizable): tanh" in report
