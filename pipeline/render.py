@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from pipeline.runner import Listener, Outcome, RunResult
@@ -180,10 +181,17 @@ def summary_lines(result: RunResult) -> list[str]:
         lines.append(line + (f"; differing: {', '.join(differing)}" if differing else ""))
     from pipeline.config import display_path
 
-    exports = [o.metrics["path"] for o in result.outcomes if o.status in ("ran", "cached") and "path" in o.metrics]
+    exports = []
+    for outcome in result.outcomes:
+        if outcome.status not in ("ran", "cached") or "path" not in outcome.metrics:
+            continue
+        path = outcome.metrics["path"]
+        location = display_path(result.root / path) if result.root else path
+        # The other files of the export: the Caffe prototxt, input contract, calibration table.
+        others = [name for name in outcome.published if name != Path(path).name]
+        exports.append(location + (f" (with {', '.join(others)})" if others else ""))
     if exports:
-        shown = [display_path(result.root / path) if result.root else path for path in exports]
-        lines.append("exports: " + ", ".join(shown))
+        lines.append("exports: " + ", ".join(exports))
     if result.report:
         lines.append(f"report: {display_path(result.report)}")
     return lines

@@ -84,29 +84,39 @@ class Export(Stage):
         return StageResult(metrics=metrics, publish=publish, message=message)
 
     def report(self, name: str, record: Mapping[str, Any]) -> str:
-        """Return the export's file and its onnxruntime parity result."""
+        """Return the export's parity result and links to its files in the output folder."""
         metrics = record.get("metrics", {})
         if not metrics:
             return ""
         if metrics.get("format") == "caffe":
             from stages.caffe.report import report_section
 
-            return report_section(name, metrics)
-        verdict = "passed" if metrics.get("passed") else "failed"
-        lines = [
-            f"## Export: {name}",
-            "",
-            f"{metrics.get('precision', '?')} {metrics.get('format', 'onnx')} model `{metrics.get('path', '?')}` "
-            f"(opset {metrics.get('opset', '?')}). Parity with PyTorch in onnxruntime {verdict} "
-            f"on {metrics.get('samples', 0)} samples: max abs diff {metrics.get('max_abs_diff', float('nan')):.3g}, "
-            f"max rel diff {metrics.get('max_rel_diff', float('nan')):.3g}.",
-        ]
-        if "within_one_step_pct" in metrics:
-            lines.append(
-                f"Outputs within one quantization step of the PyTorch int8 model: {metrics['within_one_step_pct']:.2f}%; "
-                f"int8 kernels: {metrics.get('int8_kernels', '?')}."
-            )
-        return "\n".join(lines) + "\n"
+            section = report_section(name, metrics)
+        else:
+            section = _onnx_section(name, metrics)
+        published = record.get("published") or []
+        if published:
+            section += "\nFiles: " + ", ".join(f"[{file}]({file})" for file in published) + ".\n"
+        return section
+
+
+def _onnx_section(name: str, metrics: Mapping[str, Any]) -> str:
+    """Return the ONNX model's file and its onnxruntime parity result as Markdown."""
+    verdict = "passed" if metrics.get("passed") else "failed"
+    lines = [
+        f"## Export: {name}",
+        "",
+        f"{metrics.get('precision', '?')} {metrics.get('format', 'onnx')} model `{metrics.get('path', '?')}` "
+        f"(opset {metrics.get('opset', '?')}). Parity with PyTorch in onnxruntime {verdict} "
+        f"on {metrics.get('samples', 0)} samples: max abs diff {metrics.get('max_abs_diff', float('nan')):.3g}, "
+        f"max rel diff {metrics.get('max_rel_diff', float('nan')):.3g}.",
+    ]
+    if "within_one_step_pct" in metrics:
+        lines.append(
+            f"Outputs within one quantization step of the PyTorch int8 model: {metrics['within_one_step_pct']:.2f}%; "
+            f"int8 kernels: {metrics.get('int8_kernels', '?')}."
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _run_caffe(ctx: StageContext) -> StageResult:

@@ -74,7 +74,9 @@ def test_exports_pass_parity(example: tuple[Path, dict]) -> None:
     for metrics in (fp32, int8):
         assert metrics["passed"] is True
         assert (folder / metrics["path"]).is_file()
-    assert (folder / "out" / "resnet_int8" / "report.md").is_file()
+    report = (folder / "out" / "resnet_int8" / "report.md").read_text()
+    assert "Files: [onnx_int8.json](onnx_int8.json), [onnx_int8.onnx](onnx_int8.onnx)." in report
+    assert "[caffe.prototxt](caffe.prototxt)" in report
 
 
 def test_profile_reports_sizes_and_cpu(example: tuple[Path, dict]) -> None:

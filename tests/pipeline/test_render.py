@@ -39,3 +39,16 @@ def test_summary_flags_speed_up_of_tiny_models() -> None:
     assert "per-run overhead dominates" not in large_line
     assert "speed-up 2.21x" in large_line
 
+
+
+def test_summary_lists_files_of_each_export() -> None:
+    caffe = Outcome(
+        "caffe", "export", status="cached",
+        metrics={"path": "out/caffe.caffemodel"},
+        published=["caffe.caffemodel", "caffe.calibration.json", "caffe.prototxt"],
+    )
+    onnx = Outcome("onnx", "export", status="ran", metrics={"path": "out/onnx.onnx"}, published=["onnx.onnx"])
+
+    exports = next(line for line in summary_lines(_result(caffe, onnx)) if line.startswith("exports:"))
+
+    assert exports == "exports: out/caffe.caffemodel (with caffe.calibration.json, caffe.prototxt), out/onnx.onnx"
