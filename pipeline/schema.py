@@ -13,9 +13,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-# NOTE: The schemas sit at the top of the repository, next to the packages,
-# so `pipe` runs from a source checkout or an editable install.
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+import schemas
+
+# The schemas package sits next to `pipeline` and `stages` in a checkout and
+# in an installed wheel.
+SCHEMA_DIR = Path(schemas.__file__).resolve().parent
 PIPELINE_SCHEMA = SCHEMA_DIR / "pipeline.schema.json"
 
 

@@ -1,0 +1,1 @@
+"""JSON Schemas of each stage kind's params, one file per kind."""
