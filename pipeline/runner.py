@@ -11,6 +11,8 @@ consistent with each other.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
 import shutil
@@ -574,21 +576,65 @@ def _run_in_process(kind: str, ctx: StageContext) -> StageResult:
     NOTE: [Parallel stages] Stages that run at the same time must not share
     a process: unpickling or tracing a GraphModule patches
     ``torch.nn.Module.__call__`` for the whole process while it runs, which
-    breaks module calls in every other thread. Progress bars of a stage
-    running in a child process are not shown.
+    breaks module calls in every other thread. The child sends its progress
+    through a queue, and this process drives the stage's progress bars.
     """
-    import dataclasses
     import multiprocessing
+    import queue
     from concurrent.futures import ProcessPoolExecutor
 
+    context = multiprocessing.get_context("spawn")
+    events = context.Queue()
     child_ctx = dataclasses.replace(ctx, progress_factory=None)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_run_stage_here, kind, child_ctx).result() or StageResult()
+    advances: dict[int, Callable[[int], None]] = {}
+
+    def forward(event: tuple[Any, ...]) -> None:
+        if event[0] == "start":
+            _, bar, description, total = event
+            advances[bar] = ctx.progress(description, total)
+        else:
+            _, bar, steps = event
+            advances[bar](steps)
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_set_progress_queue, initargs=(events,)) as pool:
+        future = pool.submit(_run_stage_here, kind, child_ctx)
+        while not future.done():
+            try:
+                forward(events.get(timeout=0.1))
+            except queue.Empty:
+                continue
+        result = future.result()
+    while True:
+        try:
+            forward(events.get_nowait())
+        except queue.Empty:
+            break
+    return result or StageResult()
+
+
+# The queue a child process sends progress events to, set by the pool's
+# initializer, and the ids of the child's progress bars.
+_PROGRESS_QUEUE: Any = None
+_BAR_IDS = itertools.count()
+
+
+def _set_progress_queue(events: Any) -> None:
+    global _PROGRESS_QUEUE
+    _PROGRESS_QUEUE = events
+
+
+def _queued_progress(description: str, total: int) -> Callable[[int], None]:
+    """Return an ``advance`` function that sends its steps to the parent process."""
+    bar = next(_BAR_IDS)
+    _PROGRESS_QUEUE.put(("start", bar, description, total))
+    return lambda steps=1: _PROGRESS_QUEUE.put(("advance", bar, steps))
 
 
 def _run_stage_here(kind: str, ctx: StageContext) -> StageResult:
     from stages import load_stage
 
+    if _PROGRESS_QUEUE is not None:
+        ctx = dataclasses.replace(ctx, progress_factory=_queued_progress)
     return load_stage(kind).run(ctx)
 
 

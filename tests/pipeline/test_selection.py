@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 import pipeline
 from pipeline.errors import ConfigError
+from pipeline.runner import Listener, RunOptions
+from pipeline.runner import run as run_pipeline
 from pipeline_files import PARALLEL, write_pipeline
 
 
@@ -151,3 +154,28 @@ def test_diff_between_git_revisions(parallel: Path) -> None:
     assert {row["stage"] for row in data["stages"]} == {"calibrate", "convert"}
     with pytest.raises(ConfigError, match="cannot read it from git"):
         pipeline_diff(parallel, "no-such-rev", None)
+
+
+class _ProgressRecorder(Listener):
+    """A listener that records each progress bar and the steps it advanced."""
+
+    def __init__(self) -> None:
+        self.bars: dict[tuple[str, str], list[int]] = {}
+        self.totals: dict[tuple[str, str], int] = {}
+
+    def progress(self, stage: str, description: str, total: int) -> Callable[[int], None]:
+        key = (stage, description)
+        self.totals[key] = total
+        self.bars[key] = []
+        return self.bars[key].append
+
+
+@pytest.mark.slow
+def test_parallel_jobs_forward_progress(parallel: Path) -> None:
+    recorder = _ProgressRecorder()
+    result = run_pipeline(parallel, RunOptions(jobs=2), recorder)
+
+    assert result.exit_code == 0
+    # 16 random samples in batches of 8: two calibration batches, each advancing the bar in the child process.
+    assert recorder.totals[("calibrate", "calibrate")] == 2
+    assert sum(recorder.bars[("calibrate", "calibrate")]) == 2
