@@ -12,6 +12,11 @@ import importlib
 
 from pipeline.contract import Stage
 
+# The code that loading a saved model runs: the artifact format, and the
+# classes and fx-wrapped functions that a pickled GraphModule refers to.
+# Every stage that loads a model has these in its ``sources``.
+MODEL_SOURCES = ("artifacts.py", "tracing", "quant")
+
 # kind -> "module:class". The order is the order `pipe stages` lists them.
 KINDS: dict[str, str] = {
     "trace": "stages.trace:Trace",

@@ -13,12 +13,13 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 
 class Calibrate(Stage):
     kind = "calibrate"
     version = 1
-    sources = ("calibrate.py", "quant/", "data")
+    sources = ("calibrate.py", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("observed_model", "observed_model"),)

@@ -14,12 +14,13 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 
 class Convert(Stage):
     kind = "convert"
     version = 1
-    sources = ("convert.py", "quant/")
+    sources = ("convert.py", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("observed_model", "observed_model"), Input("calibration", "calibration"))

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError, StageFailed
+from stages import MODEL_SOURCES
 
 PER_NODE_FILE = "per_node.json"
 CHART_FILE = "sqnr.png"
@@ -22,7 +23,7 @@ CHART_FILE = "sqnr.png"
 class Evaluate(Stage):
     kind = "evaluate"
     version = 1
-    sources = ("evaluate.py", "evaluation", "data")
+    sources = ("evaluate.py", "evaluation", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("fp32_model", "fp32_model"), Input("int8_model", "int8_model"))

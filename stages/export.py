@@ -16,12 +16,13 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 
 class Export(Stage):
     kind = "export"
     version = 1
-    sources = ("export.py", "onnx", "caffe")
+    sources = ("export.py", "onnx", "caffe", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         if params.get("format") == "caffe":

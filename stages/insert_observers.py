@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 
 class InsertObservers(Stage):
     kind = "insert-observers"
     version = 1
-    sources = ("insert_observers.py", "quant/")
+    sources = ("insert_observers.py", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("fp32_model", "fp32_model"), Input("qconfig", "qconfig"))

@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 
 class PrepareQconfig(Stage):
     kind = "prepare-qconfig"
     version = 2
-    sources = ("prepare_qconfig.py", "quant/")
+    sources = ("prepare_qconfig.py", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("fp32_model", "fp32_model"),)

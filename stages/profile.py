@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 PROFILE_FILE = "profile.json"
 # Runs per model while measuring peak memory: the first allocates the
@@ -24,7 +25,7 @@ MEMORY_RUNS = 2
 class Profile(Stage):
     kind = "profile"
     version = 2
-    sources = ("profile.py", "profiling")
+    sources = ("profile.py", "profiling", "onnx", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (

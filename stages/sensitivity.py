@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from pipeline.contract import Input, Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError
+from stages import MODEL_SOURCES
 
 # Layers listed in the metrics, worst first.
 RANKING_IN_METRICS = 10
@@ -21,7 +22,7 @@ RANKING_IN_METRICS = 10
 class Sensitivity(Stage):
     kind = "sensitivity"
     version = 1
-    sources = ("sensitivity.py", "quant/", "data")
+    sources = ("sensitivity.py", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("fp32_model", "fp32_model"), Input("qconfig", "qconfig"))

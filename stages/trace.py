@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from pipeline.contract import Output, Stage, StageContext, StageResult
 from pipeline.errors import StageError, StageFailed
+from stages import MODEL_SOURCES
 
 # Seed of the random example input that checks the trace.
 CHECK_SEED = 0
@@ -21,7 +22,7 @@ INIT_SEED = 0
 class Trace(Stage):
     kind = "trace"
     version = 1
-    sources = ("trace.py", "tracing")
+    sources = ("trace.py", *MODEL_SOURCES)
 
     def outputs(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
         return (Output("fp32_model", "fp32_model"),)
