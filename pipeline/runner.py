@@ -26,7 +26,7 @@ from pipeline import config as config_module
 from pipeline import lock as lock_module
 from pipeline.cache import Cache, Record, write_atomic
 from pipeline.config import Pipeline, StageSpec
-from pipeline.contract import StageContext, StageResult
+from pipeline.contract import Stage, StageContext, StageResult
 from pipeline.errors import CacheError, PipeError, StageFailed
 from pipeline.hashing import FileDigests
 from pipeline.keys import explain_change, key_from_parts, key_parts
@@ -181,6 +181,8 @@ class _Run:
         self.new_lock = dict(self.old_lock)
         self.write_lock = not options.overrides and not options.dry_run
         self.thread_lock = threading.RLock()
+        # One stage at a time runs in this process; with several jobs, the others run in child processes.
+        self.in_process_slot = threading.Lock()
 
     # -- the loop --------------------------------------------------------------
 
@@ -376,6 +378,15 @@ class _Run:
             self.new_lock[spec.name] = lock_module.entry(spec.kind, record.key, record.outputs, record.metrics)
             self._write_lock()
 
+    def _execute(self, stage: Stage, ctx: StageContext) -> StageResult:
+        """Run a stage in this process, or in a child process while another stage runs here."""
+        if not self.in_process_slot.acquire(blocking=False):
+            return _run_in_process(ctx.kind, ctx)
+        try:
+            return stage.run(ctx) or StageResult()
+        finally:
+            self.in_process_slot.release()
+
     def _write_lock(self) -> bool:
         """Write the lock file; one process and one thread at a time."""
         from pipeline.cache import canonical_digest
@@ -413,10 +424,7 @@ class _Run:
         self.listener.stage_started(outcome)
         started = time.perf_counter()
         try:
-            if self.options.jobs > 1:
-                result = _run_in_process(spec.kind, ctx)
-            else:
-                result = stage.run(ctx) or StageResult()
+            result = self._execute(stage, ctx)
             digests = {name: self.cache.store(folder) for name, folder in outputs.items()}
         except KeyboardInterrupt:
             outcome.seconds = time.perf_counter() - started
@@ -571,13 +579,15 @@ MAX_RESTARTS = 3
 
 
 def _run_in_process(kind: str, ctx: StageContext) -> StageResult:
-    """Run one stage in a fresh process, for runs with more than one job.
+    """Run one stage in a fresh process, while another stage runs in this one.
 
     NOTE: [Parallel stages] Stages that run at the same time must not share
     a process: unpickling or tracing a GraphModule patches
     ``torch.nn.Module.__call__`` for the whole process while it runs, which
-    breaks module calls in every other thread. The child sends its progress
-    through a queue, and this process drives the stage's progress bars.
+    breaks module calls in every other thread. A child process costs a
+    torch import and the model loads, so only stages that overlap another
+    one use it. The child sends its progress through a queue, and this
+    process drives the stage's progress bars.
     """
     import multiprocessing
     import queue

@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 
 import pipeline
 from pipeline.errors import ConfigError
-from pipeline.runner import Listener, RunOptions
-from pipeline.runner import run as run_pipeline
+from pipeline import config
+from pipeline.cache import Cache
+from pipeline.contract import StageContext
+from pipeline.runner import _run_in_process
+from stages import load_stage
 from pipeline_files import PARALLEL, write_pipeline
 
 
@@ -156,26 +160,31 @@ def test_diff_between_git_revisions(parallel: Path) -> None:
         pipeline_diff(parallel, "no-such-rev", None)
 
 
-class _ProgressRecorder(Listener):
-    """A listener that records each progress bar and the steps it advanced."""
-
-    def __init__(self) -> None:
-        self.bars: dict[tuple[str, str], list[int]] = {}
-        self.totals: dict[tuple[str, str], int] = {}
-
-    def progress(self, stage: str, description: str, total: int) -> Callable[[int], None]:
-        key = (stage, description)
-        self.totals[key] = total
-        self.bars[key] = []
-        return self.bars[key].append
-
-
 @pytest.mark.slow
-def test_parallel_jobs_forward_progress(parallel: Path) -> None:
-    recorder = _ProgressRecorder()
-    result = run_pipeline(parallel, RunOptions(jobs=2), recorder)
+def test_child_process_forwards_progress(parallel: Path, tmp_path: Path) -> None:
+    pipeline.run(parallel, to_stage="observe")
+    lock = yaml.safe_load(parallel.with_suffix(".lock").read_text())
+    observed = Cache(parallel.parent / ".pipe").artifact_files(lock["stages"]["observe"]["outputs"]["observed_model"])
+    loaded = config.load(parallel)
+    spec = loaded.stage("calibrate")
+    bars: dict[str, list[int]] = {}
+    totals: dict[str, int] = {}
 
-    assert result.exit_code == 0
-    # 16 random samples in batches of 8: two calibration batches, each advancing the bar in the child process.
-    assert recorder.totals[("calibrate", "calibrate")] == 2
-    assert sum(recorder.bars[("calibrate", "calibrate")]) == 2
+    def record(description: str, total: int) -> Callable[[int], None]:
+        totals[description] = total
+        bars[description] = []
+        return bars[description].append
+
+    (tmp_path / "calibration").mkdir()
+    ctx = StageContext(
+        stage_name="calibrate", kind="calibrate", params=spec.params,
+        config=load_stage("calibrate").config(spec.params, loaded.document),
+        inputs={"observed_model": observed}, outputs={"calibration": tmp_path / "calibration"},
+        root=parallel.parent, output_dir=tmp_path / "out", progress_factory=record,
+    )
+    result = _run_in_process("calibrate", ctx)
+
+    assert result.metrics["samples"] == 16
+    # 16 random samples in batches of 8: the child process advances the bar once per batch.
+    assert totals == {"calibrate": 2}
+    assert sum(bars["calibrate"]) == 2
