@@ -278,6 +278,16 @@ class _Run:
             self.listener.stage_finished(outcome)
             return
 
+        recomputed = [producer for producer in _producers(spec) if self.outcomes[producer].status == WOULD_RUN]
+        if recomputed:
+            # Only a dry run gets here: the input's new digest, and so this stage's key, is unknown.
+            if spec.name in self.selected:
+                outcome.status, outcome.reason = WOULD_RUN, f"input from '{recomputed[0]}' would be computed in this run"
+            else:
+                outcome.status, outcome.reason = SKIPPED, f"outside the selection, and its input from '{recomputed[0]}' would be computed in this run"
+            self.listener.stage_finished(outcome)
+            return
+
         input_digests = self._input_digests(spec)
         parts = key_parts(spec, stage, self.pipeline, input_digests, self.file_digests)
         outcome.key = key_from_parts(parts)
@@ -313,9 +323,7 @@ class _Run:
     def _blocking_input(self, spec: StageSpec) -> str | None:
         for producer in _producers(spec):
             status = self.outcomes[producer].status
-            if status not in (RAN, CACHED):
-                if status == WOULD_RUN:
-                    return f"input from '{producer}' is not computed yet"
+            if status not in (RAN, CACHED, WOULD_RUN):
                 return f"needs '{producer}', which {'failed' if status == FAILED else 'was not available'}"
         for need in spec.needs:
             if self.outcomes[need].status == FAILED:

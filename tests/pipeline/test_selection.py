@@ -32,9 +32,20 @@ def parallel(workdir: Path) -> Path:
 def test_dry_run_writes_nothing(parallel: Path) -> None:
     result = pipeline.run(parallel, dry_run=True)
     assert statuses(result)["trace"] == "would run"
-    assert statuses(result)["qconfig"] == "skipped"
+    assert statuses(result)["qconfig"] == "would run"
+    qconfig = next(stage for stage in result["stages"] if stage["name"] == "qconfig")
+    assert qconfig["reason"] == "input from 'trace' would be computed in this run"
     assert not parallel.with_suffix(".lock").exists()
     assert list((parallel.parent / ".pipe" / "records").rglob("*.json")) == []
+
+
+def test_dry_run_lists_forced_dependents(parallel: Path) -> None:
+    pipeline.run(parallel)
+    result = pipeline.run(parallel, dry_run=True, force=("calibrate",))
+    assert statuses(result) == {
+        "trace": "cached", "qconfig": "cached", "observe": "cached", "calibrate": "would run",
+        "onnx_fp32": "cached", "convert": "would run",
+    }
 
 
 def test_to_runs_ancestors_only(parallel: Path) -> None:
