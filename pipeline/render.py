@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from pipeline.runner import Listener, Outcome, RunResult
-from stages.profiling.report import TINY_LATENCY_MS
+from stages.profiling.report import TINY_LATENCY_MS, busy_note
 
 STATUS_STYLE = {
     "waiting": "dim",
@@ -173,6 +173,9 @@ def summary_lines(result: RunResult) -> list[str]:
             )
             if max(fp32, int8) < TINY_LATENCY_MS:
                 line += f" (both under {TINY_LATENCY_MS} ms: per-run overhead dominates, so the speed-up says little)"
+            busy = busy_note(measurements)
+            if busy:
+                line += f"; NOTE: {busy}"
             lines.append(line)
     compared = [outcome for outcome in result.outcomes if outcome.reproduced is not None]
     if compared:

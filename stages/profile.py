@@ -42,6 +42,7 @@ class Profile(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from stages.artifacts import MODEL_FILE, load_meta, load_model, write_json
+        from stages.profiling.contention import CpuWatch
         from stages.profiling.cpu import describe_cpu, runtime_versions
         from stages.profiling.exports import find_onnx_exports, first_of
         from stages.profiling.memory import METHOD, measure_peaks
@@ -80,6 +81,8 @@ class Profile(Stage):
             "repeats": params["repeats"],
             **runtime_versions(),
         }
+        watch = CpuWatch()
+        watch.start()
         for precision, model in models.items():
             measurements.update(time_torch(model, timed_shape, *timing).as_measurements(f"torch_{precision}"))
             advance(1)
@@ -103,6 +106,9 @@ class Profile(Stage):
             advance(1)
         if per_export:
             measurements["exports"] = per_export
+        others_percent = watch.others_percent()
+        if others_percent is not None:
+            measurements["others_cpu_percent"] = others_percent
         if compared["fp32"] is not None and compared["int8"] is not None:
             measurements["speedup"] = round(measurements["latency_fp32_ms"] / measurements["latency_int8_ms"], 3)
 

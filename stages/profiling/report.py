@@ -14,6 +14,8 @@ LATENCY_ROWS = (
 )
 # Below this onnxruntime latency per run, session overhead dominates and a speed-up ratio means little.
 TINY_LATENCY_MS = 0.1
+# Above this share of the machine's CPU time used by other processes while timing, latencies are flagged.
+BUSY_PERCENT = 20.0
 # Suffixes that onnxruntime's graph optimizers append to the names of the nodes they create.
 ORT_NAME_SUFFIX = re.compile(r"(_token_\d+|_nchwc)+$")
 
@@ -83,6 +85,9 @@ def _latency_table(measurements: Mapping[str, Any]) -> list[str]:
         if max(measurements["latency_fp32_ms"], measurements["latency_int8_ms"]) < TINY_LATENCY_MS:
             line += f" Both onnxruntime latencies are under {TINY_LATENCY_MS} ms, where per-run overhead dominates, so this ratio says little."
         lines += [line, ""]
+    note = busy_note(measurements)
+    if note:
+        lines += [f"NOTE: {note}.", ""]
     if "memory_method" in measurements:
         lines += [f"Peak memory: {measurements['memory_method']}.", ""]
     return lines
@@ -111,6 +116,17 @@ def _slowest_nodes(measurements: Mapping[str, Any]) -> list[str]:
             lines.append(f"| `{onnx_node_name(row['node'])}`{grouped} | {row['op']} | {row['ms']:.4f} ms |")
         lines.append("")
     return lines
+
+
+def busy_note(measurements: Mapping[str, Any]) -> str | None:
+    """Return a warning when other processes used much of the CPU while the models were timed, else None."""
+    others = measurements.get("others_cpu_percent")
+    if others is None or others <= BUSY_PERCENT:
+        return None
+    return (
+        f"other processes used {others:.0f}% of the machine's CPU time while the models were timed, "
+        "so these latencies are inflated, PyTorch's multi-threaded ones most; rerun on an idle machine"
+    )
 
 
 def onnx_node_name(optimized_name: str) -> str:

@@ -44,3 +44,11 @@ def test_section_names_onnx_nodes() -> None:
     section = profile_section("profile", {"metrics": {}, "measurements": _measurements(4.0, 2.0)})
     assert "| `conv1/conv` | QLinearConv | 0.5000 ms |" in section
     assert "conv_token" not in section
+
+
+def test_section_flags_busy_machine() -> None:
+    busy = {**_measurements(4.0, 2.0), "others_cpu_percent": 64.0}
+    quiet = {**_measurements(4.0, 2.0), "others_cpu_percent": 3.0}
+
+    assert "NOTE: other processes used 64% of the machine's CPU time while the models were timed" in profile_section("profile", {"measurements": busy})
+    assert "other processes used" not in profile_section("profile", {"measurements": quiet})
