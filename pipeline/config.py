@@ -163,7 +163,7 @@ def _write_plan(plan_file: Path, pipeline: Pipeline) -> None:
 
 def _validate(path: Path, text: str, overrides: dict[str, dict[str, Any]]) -> Pipeline:
     from pipeline import dag
-    from stages import KINDS
+    from stages import KINDS, load_stage
 
     document, lines = load_with_lines(text, path)
     if not isinstance(document, dict):
@@ -208,6 +208,9 @@ def _validate(path: Path, text: str, overrides: dict[str, dict[str, Any]]) -> Pi
                 )
 
     order = dag.resolve(path, lines, stages, KINDS)
+    for spec in stages:
+        for field_path, message in load_stage(spec.kind).problems(spec.params, document, path.parent):
+            raise _error_at(path, lines, field_path, message)
     return Pipeline(path, document, stages, order, overrides)
 
 

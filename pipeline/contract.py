@@ -144,6 +144,15 @@ class Stage:
         """
         return []
 
+    def problems(self, params: Mapping[str, Any], pipeline: Mapping[str, Any], root: Path) -> list[tuple[tuple[Any, ...], str]]:
+        """Return the problems found without running: (field path in the pipeline file, message).
+
+        ``pipe validate`` and ``pipe run`` report the first one with its line
+        in the file. Checks here must be fast and import neither torch nor
+        the user's code.
+        """
+        return []
+
     def run(self, ctx: StageContext) -> StageResult:
         raise NotImplementedError
 

@@ -45,6 +45,11 @@ class Trace(Stage):
             files.append(source_file)
         return files
 
+    def problems(self, params: Mapping[str, Any], pipeline: Mapping[str, Any], root: Path) -> list[tuple[tuple[Any, ...], str]]:
+        from stages.tracing.source import source_problems
+
+        return source_problems(pipeline["model"], root)
+
     def run(self, ctx: StageContext) -> StageResult:
         from stages.artifacts import save_model
         from stages.tracing.source import build_model

@@ -49,6 +49,65 @@ def model_source_file(source: str, root: Path) -> Path | None:
     )
 
 
+def source_problems(model_spec: Mapping[str, Any], root: Path) -> list[tuple[tuple[Any, ...], str]]:
+    """Return the problems of a ``model`` section found without importing anything.
+
+    The module file must exist and define the callable at its top level
+    (read from its syntax tree), and the checkpoint file must exist.
+    """
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    source = model_spec["source"]
+    module_name, attribute = split_source(source)
+    if module_name != TORCHVISION_PREFIX:
+        try:
+            source_file = model_source_file(source, root)
+        except StageError as exc:
+            problems.append((("model", "source"), f"model.source: {str(exc).removeprefix('model source ')}"))
+        else:
+            defined = _top_level_names(source_file)
+            first = attribute.split(".")[0]
+            if defined is not None and first not in defined:
+                problems.append((
+                    ("model", "source"),
+                    f"model.source: '{source}': {source_file.name} defines no '{first}' at its top level; "
+                    f"defined there: {', '.join(sorted(defined)) or 'nothing'}",
+                ))
+    checkpoint = model_spec.get("checkpoint")
+    if checkpoint and not (root / checkpoint).is_file():
+        problems.append((
+            ("model", "checkpoint"),
+            f"model.checkpoint: file '{checkpoint}' not found in {root}; give its path relative to the pipeline file",
+        ))
+    return problems
+
+
+def _top_level_names(source_file: Path) -> set[str] | None:
+    """Return the names a Python file binds at its top level, or None when they cannot be known statically."""
+    import ast
+
+    try:
+        tree = ast.parse(source_file.read_text(), filename=str(source_file))
+    except (OSError, SyntaxError, ValueError):
+        return None  # The import at run time reports the error with its line.
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(element.id for element in ast.walk(target) if isinstance(element, ast.Name))
+        elif not isinstance(node, ast.Expr):
+            # Names bound inside if, try, for or with blocks are not followed, so no name is reported missing.
+            return None
+    return None if "__getattr__" in names else names
+
+
 def build_model(model_spec: Mapping[str, Any], root: Path) -> Any:
     """Build the model of a ``model`` section in eval mode, with its checkpoint loaded."""
     source = model_spec["source"]

@@ -201,7 +201,7 @@ def test_validate_missing_module_and_checkpoint(workdir: Path) -> None:
     result = pipe("validate", path.name, cwd=workdir)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: p.yaml: stage 'trace': model source 'no_such_module:build': module file not found, "
+        f"error: p.yaml:4: model.source: 'no_such_module:build': module file not found, "
         f"expected {workdir.resolve() / 'no_such_module.py'} or {workdir.resolve() / 'no_such_module' / '__init__.py'}; "
         "put the module next to the pipeline file"
     ]
@@ -210,7 +210,19 @@ def test_validate_missing_module_and_checkpoint(workdir: Path) -> None:
     path = write_pipeline(workdir, with_checkpoint)
     result = pipe("validate", path.name, cwd=workdir)
     assert result.returncode == 2
-    assert "weights.pt: file read by stage 'trace' not found; fix the path in p.yaml" in result.stderr
+    assert f"error: p.yaml:6: model.checkpoint: file 'weights.pt' not found in {workdir.resolve()}" in result.stderr
+    assert not (workdir / "p.lock").exists()
+
+
+def test_validate_misspelled_model_callable(workdir: Path) -> None:
+    path = write_pipeline(workdir, TRACE_ONLY.replace("source: tiny_model:build", "source: tiny_model:biuld"))
+    for command in ("validate", "run"):
+        result = pipe(command, path.name, cwd=workdir)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            "error: p.yaml:4: model.source: 'tiny_model:biuld': tiny_model.py defines no 'biuld' at its top level; "
+            "defined there: build, nn, torch"
+        )
     assert not (workdir / "p.lock").exists()
 
 
