@@ -101,13 +101,21 @@ class Export(Stage):
         return section
 
 
+def model_link(metrics: Mapping[str, Any]) -> str:
+    """Return a Markdown link to the exported model, relative to report.md in the output folder."""
+    if "path" not in metrics:
+        return "`?`"
+    name = Path(metrics["path"]).name
+    return f"[`{name}`]({name})"
+
+
 def _onnx_section(name: str, metrics: Mapping[str, Any]) -> str:
     """Return the ONNX model's file and its onnxruntime parity result as Markdown."""
     verdict = "passed" if metrics.get("passed") else "failed"
     lines = [
         f"## Export: {name}",
         "",
-        f"{metrics.get('precision', '?')} {metrics.get('format', 'onnx')} model `{metrics.get('path', '?')}` "
+        f"{metrics.get('precision', '?')} {metrics.get('format', 'onnx')} model {model_link(metrics)} "
         f"(opset {metrics.get('opset', '?')}). Parity with PyTorch in onnxruntime {verdict} "
         f"on {metrics.get('samples', 0)} samples: max abs diff {metrics.get('max_abs_diff', float('nan')):.3g}, "
         f"max rel diff {metrics.get('max_rel_diff', float('nan')):.3g}.",

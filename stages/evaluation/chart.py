@@ -6,11 +6,8 @@ import math
 from pathlib import Path
 
 from stages.evaluation.compare import NodeComparison
+from stages.evaluation.report import LOW_SQNR_DB
 
-# Bars below this SQNR are drawn in the warning color. int8 activations
-# quantized per tensor typically sit around 30-40 dB; below 20 dB a layer
-# usually costs accuracy. This is a rule of thumb, not a gate.
-LOW_SQNR_DB = 20.0
 
 
 def draw_sqnr_chart(nodes: list[NodeComparison], path: Path, title: str) -> None:

@@ -38,7 +38,7 @@ def _size_table(metrics: Mapping[str, Any]) -> list[str]:
         "|---|---|---|---|",
     ]
     rows = (
-        ("weights", "params_{}", _count),
+        ("parameters", "params_{}", _count),
         ("MACs per sample", "macs_{}", _count),
         ("PyTorch artifact (model.pt)", "torch_size_{}_bytes", _kib),
         ("ONNX file", "size_{}_bytes", _kib),

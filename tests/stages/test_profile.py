@@ -122,7 +122,7 @@ def test_profile_report_section(tmp_path: Path) -> None:
     section = stage.report("profile", {"metrics": result.metrics, "measurements": result.measurements, "published": []})
 
     assert section.startswith("## Size and speed: profile\n")
-    assert f"| weights | {result.metrics['params_fp32']:,} |" in section
+    assert f"| parameters | {result.metrics['params_fp32']:,} |" in section
     assert "| ONNX file |" in section
     assert "| PyTorch artifact (model.pt) |" in section
     assert "| onnxruntime | int8 |" in section
