@@ -23,9 +23,10 @@ import onnxruntime as ort
 import torch
 import torch.fx
 
+from stages.onnx.session import DISABLED_OPTIMIZERS, PROVIDERS, session_options
+
 log = logging.getLogger(__name__)
 
-PROVIDERS = ["CPUExecutionProvider"]
 # Op types of onnxruntime's integer kernels (standard and com.microsoft domains).
 INT8_KERNEL_PREFIXES = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantize", "QAttention")
 # Float op types of onnxruntime's optimized graph that an int8 model should not keep:
@@ -78,10 +79,6 @@ class Divergence:
         )
 
 
-# Optimizers that would change what a float-fallback layer computes.
-DISABLED_OPTIMIZERS = ["WeightBiasQuantization"]
-
-
 def create_session(
     model: onnx.ModelProto | Path,
     optimized_path: Path | None = None,
@@ -93,24 +90,11 @@ def create_session(
     data: a proto over 2 GB cannot be serialized). ``threads`` fixes the
     intra-op thread count (default: onnxruntime's choice).
     """
-    options = _session_options(threads)
+    options = session_options(threads)
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    # NOTE: onnxruntime 1.32's WeightBiasQuantization optimizer quantizes the
-    # float weights of a Conv that sits between DequantizeLinear and
-    # QuantizeLinear, so a layer the qconfig keeps in float would run in int8.
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     return ort.InferenceSession(source, options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS)
-
-
-def _session_options(threads: int | None) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return options
 
 
 def run_torch(graph_module: torch.nn.Module, batch: np.ndarray) -> list[np.ndarray]:
@@ -269,7 +253,7 @@ def optimized_graph(model: onnx.ModelProto | Path, work_dir: Path) -> onnx.Graph
     optimized_path = work_dir / "optimized.tmp.onnx"
     optimized_data = work_dir / "optimized.tmp.onnx.data"
     try:
-        options = _session_options(None)
+        options = session_options(None)
         options.optimized_model_filepath = str(optimized_path)
         # Keep the weights out of the proto, so a model over 2 GB can be written.
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized_data.name)

@@ -39,9 +39,9 @@ class CpuWatch:
 
 
 def _own_seconds() -> float:
-    """Return the CPU seconds that this process has used, every thread included."""
+    """Return the CPU seconds of this process and of its finished child processes (timing workers)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def _machine_busy_seconds() -> float | None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -20,17 +23,15 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from stages.onnx.parity import DISABLED_OPTIMIZERS
+from stages.onnx.session import DISABLED_OPTIMIZERS, PROVIDERS, session_options
 from stages.profiling.stats import Latency
 
 # Suffix onnxruntime's profiler adds to each node's kernel event name.
 KERNEL_SUFFIX = "_kernel_time"
 INPUT_SEED = 0
-# Rounds over which time_onnx_models interleaves the models it compares.
-INTERLEAVE_ROUNDS = 10
-# Pause before switching models. On a 2-core machine 50 ms removed the slowdown
-# that the previous session's spinning threads caused. The value is measured, not documented.
-SWITCH_PAUSE_SECONDS = 0.05
+# Fresh processes per model over which time_onnx_models spreads the timed runs.
+PROCESS_ROUNDS = 5
+WORKER_TIMEOUT_S = 600
 
 NUMPY_TYPES = {
     "tensor(float)": np.float32,
@@ -61,16 +62,13 @@ class NodeTime:
 
 
 def create_session(path: Path, threads: int, profile_prefix: Path | None = None) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
+    options = session_options(threads)
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = str(profile_prefix)
     return onnxruntime.InferenceSession(
-        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
+        str(path), options, providers=PROVIDERS, disabled_optimizers=DISABLED_OPTIMIZERS
     )
 
 
@@ -109,67 +107,65 @@ def time_onnx(path: Path, batch_size: int, threads: int, warmup: int, repeats: i
 
 
 def time_onnx_models(
-    paths: Mapping[str, Path], batch_size: int, threads: int, warmup: int, repeats: int, rounds: int = INTERLEAVE_ROUNDS
+    paths: Mapping[str, Path], batch_size: int, threads: int, warmup: int, repeats: int, rounds: int = PROCESS_ROUNDS
 ) -> dict[str, Latency]:
-    """Time ``repeats`` runs of each model, interleaved in ``rounds`` rounds, after ``warmup`` untimed runs each.
+    """Time ``repeats`` runs of each model, spread over ``rounds`` fresh processes per model.
 
-    Interleaving puts the models under the same machine conditions: a
-    clock-speed change or another process's burst of work during the
-    measurement lands on every model, not on whichever ran at that moment.
-    Each session's intra-op threads spin for a while after a run and would
-    compete with the next model's threads, so every switch first sleeps
-    and then does one untimed run. On a 2-core EPYC, two sessions of the
-    same optimized graph timed 1 to 2% apart depending on the order in which
-    they were created. So with N models the repeats are split over N passes
-    with fresh sessions, created in an order rotated by one each pass, and
-    every model is created in every position once.
+    Each process creates one session, does ``warmup`` untimed runs and
+    times its share of the runs. Sessions that shared one process timed
+    up to 13% apart on two graphs that run the same kernels, so no model
+    shares a process with another. A model's latency still moves from one
+    process to the next (by up to 30% on a 2-core VM), which the rounds
+    average out in part. The rounds
+    interleave the models in an order rotated each round, so a clock-speed
+    change or another program's burst of work lands on every model.
     An InputShapeError names the model (the key of ``paths``) it is about.
     """
     names = list(paths)
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for offset in range(len(names)):
-        count = repeats // len(names) + (1 if offset < repeats % len(names) else 0)
-        if count == 0:
-            continue
-        order = names[offset:] + names[:offset]
-        passed = _time_interleaved(paths, order, batch_size, threads, warmup, count, max(1, rounds // len(names)))
-        for name in names:
-            samples[name] += passed[name]
-    return {name: Latency.from_seconds(samples[name]) for name in names}
-
-
-def _time_interleaved(
-    paths: Mapping[str, Path], names: list[str], batch_size: int, threads: int, warmup: int, repeats: int, rounds: int
-) -> dict[str, list[float]]:
-    """Return per model the seconds of ``repeats`` timed runs, with sessions created in ``names`` order."""
-    sessions = {}
-    for name in names:
-        session = create_session(paths[name], threads)
-        try:
-            sessions[name] = (session, session_feeds(session, batch_size))
-        except InputShapeError as exc:
-            raise InputShapeError(f"'{name}': {exc}") from exc
-    for session, feeds in sessions.values():
-        for _ in range(warmup):
-            session.run(None, feeds)
-
-    samples: dict[str, list[float]] = {name: [] for name in sessions}
+    if not names:
+        return {}
     rounds = max(1, min(rounds, repeats))
     for index in range(rounds):
         # Spread the repeats over the rounds. The first rounds take the remainder.
         count = repeats // rounds + (1 if index < repeats % rounds else 0)
-        # Rotate the order, so no model always runs right after the same other one.
         order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
-            session, feeds = sessions[name]
-            if len(sessions) > 1:
-                time.sleep(SWITCH_PAUSE_SECONDS)
-                session.run(None, feeds)
-            for _ in range(count):
-                started = time.perf_counter()
-                session.run(None, feeds)
-                samples[name].append(time.perf_counter() - started)
-    return samples
+            try:
+                samples[name] += _time_in_fresh_process(paths[name], batch_size, threads, warmup, count)
+            except InputShapeError as exc:
+                raise InputShapeError(f"'{name}': {exc}") from exc
+    return {name: Latency.from_seconds(samples[name]) for name in names}
+
+
+def _time_in_fresh_process(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[float]:
+    """Return the seconds of ``repeats`` timed runs of one session in a new Python process."""
+    package_root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")]))}
+    request = {"path": str(path), "batch_size": batch_size, "threads": threads, "warmup": warmup, "repeats": repeats}
+    command = [sys.executable, "-m", "stages.profiling.onnx_timing", json.dumps(request)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"timing {path.name} in onnxruntime failed: {last_line}")
+    answer = json.loads(lines[-1])
+    if "error" in answer:
+        raise InputShapeError(answer["error"])
+    return [float(value) for value in answer["seconds"]]
+
+
+def _time_here(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[float]:
+    session = create_session(path, threads)
+    feeds = session_feeds(session, batch_size)
+    for _ in range(warmup):
+        session.run(None, feeds)
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feeds)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def profile_onnx_nodes(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[NodeTime]:
@@ -225,3 +221,19 @@ def node_times(events: list[dict[str, Any]], warmup: int) -> list[NodeTime]:
         for (node, op), times in per_run.items()
     ]
     return sorted(rows, key=lambda row: (-row.ms, row.node))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Worker entry point: time one model and print ``{"seconds": [...]}`` or ``{"error": ...}`` as one JSON line."""
+    request = json.loads((argv or sys.argv[1:])[0])
+    try:
+        answer: dict[str, Any] = {
+            "seconds": _time_here(Path(request["path"]), request["batch_size"], request["threads"], request["warmup"], request["repeats"])
+        }
+    except InputShapeError as exc:
+        answer = {"error": str(exc)}
+    sys.stdout.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()
