@@ -23,7 +23,7 @@ from typing import Any
 
 from pipeline import schema as schemas
 from pipeline.errors import ConfigError
-from pipeline.source_map import line_of, load_with_lines
+from pipeline.source_map import display_path, line_of, load_with_lines
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,8 @@ def _validate(path: Path, text: str, overrides: dict[str, dict[str, Any]]) -> Pi
     top_schema = schemas.load_schema(schemas.PIPELINE_SCHEMA)
     errors = schemas.validation_errors(top_schema, document)
     if errors:
-        raise _error_at(path, lines, *schemas.describe_error(errors[0]))
+        field_path, message = schemas.describe_error(errors[0])
+        raise _error_at(path, lines, field_path, _with_stage_name(document, field_path, message))
 
     document = _fill_section_defaults(top_schema, document)
 
@@ -260,15 +261,21 @@ def _validate_params(
     return params
 
 
+def _with_stage_name(document: dict[str, Any], field_path: tuple[Any, ...], message: str) -> str:
+    """Return ``message`` with ``stages[i]`` followed by that stage's name, when the file gives one."""
+    if len(field_path) < 2 or field_path[0] != "stages" or not isinstance(field_path[1], int):
+        return message
+    try:
+        name = document["stages"][field_path[1]]["name"]
+    except (IndexError, KeyError, TypeError):
+        return message
+    prefix = f"stages[{field_path[1]}]"
+    if not isinstance(name, str) or not message.startswith(prefix):
+        return message
+    return f"{prefix} ({name})" + message[len(prefix):]
+
+
 def _error_at(path: Path, lines: dict, field_path: tuple[Any, ...], message: str) -> ConfigError:
     line = line_of(lines, field_path)
     location = f"{display_path(path)}:{line}" if line else display_path(path)
     return ConfigError(f"{location}: {message}")
-
-
-def display_path(path: Path) -> str:
-    """Return ``path`` relative to the working folder when it is inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)

@@ -38,6 +38,14 @@ PipelineLoader.add_implicit_resolver(
 _Loader = PipelineLoader
 
 
+def display_path(path: Path) -> str:
+    """Return ``path`` relative to the working folder when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def load_with_lines(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
     """Parse ``text`` and return ``(data, lines)``.
 
@@ -50,7 +58,11 @@ def load_with_lines(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{file}{line}: invalid YAML: {problem}; fix the syntax at that line") from exc
+        # The context names where the construct that the parser was reading began, e.g. an unclosed '{'.
+        context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if context and context_mark is not None and (mark is None or context_mark.line != mark.line):
+            problem += f" ({context} that starts at line {context_mark.line + 1})"
+        raise ConfigError(f"{display_path(file)}{line}: invalid YAML: {problem}; fix the syntax") from exc
 
     lines: dict[Path_, int] = {}
     if node is None:

@@ -55,6 +55,7 @@ def test_bad_type_names_value(workdir: Path) -> None:
 def test_unknown_kind_lists_kinds(workdir: Path) -> None:
     message = load_error(workdir, "stages:\n  - {name: t, kind: tracer}\n")
     assert "'tracer' is not allowed" in message
+    assert "stages[0] (t).kind:" in message
     assert "trace, prepare-qconfig" in message
 
 
@@ -86,7 +87,9 @@ def test_cycle_named(workdir: Path) -> None:
 def test_yaml_syntax_error_has_line(workdir: Path) -> None:
     message = load_error(workdir, "stages:\n  - {name: t, kind: trace\n")
     assert "invalid YAML" in message
-    assert "p.yaml:" in message
+    # The file as given (relative to the working folder), the line where parsing failed, and where the '{' opened.
+    assert message.startswith(f"{workdir / 'p.yaml'}:") or message.startswith("p.yaml:")
+    assert f"that starts at line {HEADER.count(chr(10)) + 1}" in message
 
 
 def test_missing_file() -> None:
