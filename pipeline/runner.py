@@ -565,6 +565,7 @@ class _Run:
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "pipeline": str(self.pipeline.path),
+            "overrides": [f"{stage}.{param}={value}" for stage, params in self.options.overrides.items() for param, value in params.items()],
             "stages": {
                 o.name: {"status": o.status, "seconds": round(o.seconds, 3), "measurements": o.measurements}
                 for o in ordered

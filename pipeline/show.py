@@ -46,7 +46,13 @@ def show_data(path: Path, cache_dir: Path | None) -> dict[str, Any]:
             "status": timing.get("status"),
             "measurements": measurements,
         })
-    return {"pipeline": path.name, "last_run": last.get("time"), "headline": headline(rows), "stages": rows}
+    return {
+        "pipeline": path.name,
+        "last_run": last.get("time"),
+        "last_run_overrides": last.get("overrides", []),
+        "headline": headline(rows),
+        "stages": rows,
+    }
 
 
 def headline(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -120,6 +126,10 @@ def headline_lines(data: dict[str, Any]) -> list[str]:
 
 def show_lines(data: dict[str, Any]) -> list[str]:
     lines = [f"{data['pipeline']} (last run: {data.get('last_run') or 'none recorded'})"]
+    overrides = data.get("last_run_overrides") or []
+    if overrides:
+        settings = " ".join(f"--set {override}" for override in overrides)
+        lines.append(f"  NOTE: the last run used {settings}: metrics come from the lock file, timings from that run")
     lines += [f"  {line}" for line in headline_lines(data.get("headline", {}))]
     lines.append("")
     for row in data["stages"]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline_files import SLOW_MODEL, TRACE_ONLY, write_pipeline
+from pipeline_files import PARALLEL, SLOW_MODEL, TRACE_ONLY, write_pipeline
 
 PIPE = [sys.executable, "-m", "pipeline.cli"]
 REPO = Path(__file__).resolve().parents[2]
@@ -224,6 +224,18 @@ def test_validate_misspelled_model_callable(workdir: Path) -> None:
             "defined there: build, nn, torch"
         )
     assert not (workdir / "p.lock").exists()
+
+
+def test_show_notes_overrides_of_last_run(workdir: Path) -> None:
+    path = write_pipeline(workdir, PARALLEL)
+    assert pipe("run", path.name, "--to", "calibrate", cwd=workdir).returncode == 0
+    plain = pipe("show", path.name, cwd=workdir).stdout
+    assert "NOTE" not in plain
+
+    assert pipe("run", path.name, "--to", "calibrate", "--set", "calibrate.max_batches=1", cwd=workdir).returncode == 0
+    shown = pipe("show", path.name, cwd=workdir)
+    assert "NOTE: the last run used --set calibrate.max_batches=1: metrics come from the lock file, timings from that run" in shown.stdout
+    assert json.loads(pipe("show", path.name, "--json", cwd=workdir).stdout)["last_run_overrides"] == ["calibrate.max_batches=1"]
 
 
 def test_gc_removes_unreferenced(workdir: Path) -> None:
