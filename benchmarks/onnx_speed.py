@@ -256,7 +256,7 @@ def render(report: Report) -> str:
     lines = [
         f"CPU: {report.cpu}",
         "versions: " + ", ".join(f"{name} {version}" for name, version in report.versions.items()),
-        f"onnxruntime CPU, batch 1, {report.threads} threads, median of {report.runs} runs interleaved over the three variants",
+        f"onnxruntime CPU, batch 1, {report.threads} threads, median of {report.runs} runs per variant, in fresh processes interleaved over the three variants",
         "",
         f"{'model':<20} {'size':>4} {'fp32 ms':>9} {'int8 ms':>9} {'q_static ms':>11} "
         f"{'int8/fp32':>9} {'ours/q_static':>13} {'int8 kernels':>12} {'float nodes':>11} {'q_static float':>14} {'same kernels':>12}",
