@@ -149,10 +149,10 @@ def _time_in_fresh_process(path: Path, batch_size: int, threads: int, warmup: in
     if result.returncode != 0 or not lines:
         last_line = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"timing {path.name} in onnxruntime failed: {last_line}")
-    answer = json.loads(lines[-1])
-    if "error" in answer:
-        raise InputShapeError(answer["error"])
-    return [float(value) for value in answer["seconds"]]
+    output = json.loads(lines[-1])
+    if "error" in output:
+        raise InputShapeError(output["error"])
+    return [float(value) for value in output["seconds"]]
 
 
 def _time_here(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[float]:
@@ -227,12 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     """Worker entry point: time one model and print ``{"seconds": [...]}`` or ``{"error": ...}`` as one JSON line."""
     request = json.loads((argv or sys.argv[1:])[0])
     try:
-        answer: dict[str, Any] = {
+        output: dict[str, Any] = {
             "seconds": _time_here(Path(request["path"]), request["batch_size"], request["threads"], request["warmup"], request["repeats"])
         }
     except InputShapeError as exc:
-        answer = {"error": str(exc)}
-    sys.stdout.write(json.dumps(answer) + "\n")
+        output = {"error": str(exc)}
+    sys.stdout.write(json.dumps(output) + "\n")
 
 
 if __name__ == "__main__":

@@ -233,8 +233,8 @@ def test_show_notes_overrides_of_last_run(workdir: Path) -> None:
     assert "NOTE" not in plain
 
     assert pipe("run", path.name, "--to", "calibrate", "--set", "calibrate.max_batches=1", cwd=workdir).returncode == 0
-    shown = pipe("show", path.name, cwd=workdir)
-    assert "NOTE: the last run used --set calibrate.max_batches=1: metrics come from the lock file, timings from that run" in shown.stdout
+    output = pipe("show", path.name, cwd=workdir)
+    assert "NOTE: the last run used --set calibrate.max_batches=1: metrics come from the lock file, timings from that run" in output.stdout
     assert json.loads(pipe("show", path.name, "--json", cwd=workdir).stdout)["last_run_overrides"] == ["calibrate.max_batches=1"]
 
 
