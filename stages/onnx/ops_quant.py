@@ -49,10 +49,14 @@ def _scale_and_zero_point(graph: OnnxGraph, name: str, qparams: QParams) -> list
 
 def dequantize_input(graph: OnnxGraph, node: torch.fx.Node, arg: torch.fx.Node, qparams: QParams, label: str) -> str:
     """Emit DequantizeLinear of an integer input and return the float tensor name."""
+    return dequantize_tensor(graph, node, graph.tensor(arg), qparams, label)
+
+
+def dequantize_tensor(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams: QParams, label: str) -> str:
+    """Emit DequantizeLinear of the integer tensor ``source`` and return the float tensor name."""
     base = f"{node.name}/{label}"
     output = graph.unique_name(f"{base}_dq")
-    inputs = [graph.tensor(arg)] + _scale_and_zero_point(graph, base, qparams)
-    graph.add_node("DequantizeLinear", inputs, [output], output)
+    graph.add_node("DequantizeLinear", [source, *_scale_and_zero_point(graph, base, qparams)], [output], output)
     return output
 
 
@@ -60,6 +64,11 @@ def quantize_output(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams:
     """Emit QuantizeLinear producing the fx node's integer value."""
     inputs = [source] + _scale_and_zero_point(graph, f"{node.name}/output", qparams)
     graph.emit("QuantizeLinear", node, inputs)
+
+
+def quantize_tensor(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams: QParams, label: str) -> str:
+    """Emit QuantizeLinear of the float tensor ``source`` and return the integer tensor name."""
+    return float_step(graph, node, "QuantizeLinear", [source, *_scale_and_zero_point(graph, f"{node.name}/{label}", qparams)], f"{label}_q")
 
 
 def fake_quantize_value(graph: OnnxGraph, node: torch.fx.Node, source: str, qparams: QParams, label: str) -> str:

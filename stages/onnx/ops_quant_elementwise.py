@@ -1,4 +1,4 @@
-"""QDQ mappings of the int8 elementwise, product, concatenation and mean modules.
+"""QDQ mappings of the int8 elementwise, product, concatenation, softmax and mean modules.
 
 Each becomes DequantizeLinear on its integer inputs, the float op, and
 QuantizeLinear to the module's output qparams (the arithmetic the modules in
@@ -23,7 +23,14 @@ import torch.fx
 from torch import nn
 
 from stages.onnx.emitter import OnnxGraph
-from stages.onnx.ops_quant import dequantize_input, fake_quantize_value, float_step, quantize_output
+from stages.onnx.ops_quant import (
+    dequantize_input,
+    dequantize_tensor,
+    fake_quantize_value,
+    float_step,
+    quantize_output,
+    quantize_tensor,
+)
 from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET
 from stages.onnx.registry import register_module
 from stages.quant import modules as quant_modules
@@ -155,6 +162,22 @@ def emit_quant_softmax(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module)
     source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
     axis = int(module.dim) % len(graph.shape(node.args[0]))
     quantize_output(graph, node, float_step(graph, node, "Softmax", [source], "softmax", axis=axis), module.output_qparams)
+
+
+@_register("QuantMaskedSoftmax")
+def emit_quant_masked_softmax(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+    _, heads, length, _ = graph.shape(node.args[0])
+
+    def reshape(source: str, shape: list[int], label: str) -> str:
+        return float_step(graph, node, "Reshape", [source, graph.add_constant(f"{node.name}/{label}_shape", shape, np.int64)], label)
+
+    per_window = reshape(graph.tensor(node.args[0]), [-1, module.windows, heads, length, length], "per_window")
+    scores = dequantize_tensor(graph, node, per_window, module.input_qparams, "scores")
+    mask = graph.add_initializer(f"{node.name}.mask_quantized", module.mask.numpy())
+    masked = float_step(graph, node, "Add", [scores, dequantize_tensor(graph, node, mask, module.mask_qparams, "mask")], "masked")
+    masked_q = quantize_tensor(graph, node, masked, module.masked_qparams, "masked")
+    flat = dequantize_tensor(graph, node, reshape(masked_q, [-1, heads, length, length], "masked_flat"), module.masked_qparams, "masked_flat")
+    quantize_output(graph, node, float_step(graph, node, "Softmax", [flat], "softmax", axis=3), module.output_qparams)
 
 
 @_register("QuantMean")

@@ -39,6 +39,7 @@ from stages.quant.modules import (
     QuantHardsigmoid,
     QuantHardswish,
     QuantLinear,
+    QuantMaskedSoftmax,
     QuantMatMul,
     QuantMaxPool2d,
     QuantMean,
@@ -177,7 +178,7 @@ class _Converter:
     def _convert_compute(self, node: fx.Node, entry: dict[str, Any]) -> bool:
         output_name = entry["relu"] or node.name
         output_qparams = self.observed_qparams.get(output_name)
-        if entry["pattern"] == "softmax" and output_qparams is not None:
+        if entry["pattern"] in ("softmax", "masked_softmax") and output_qparams is not None:
             # Fixed [0, 1) output at the scale QLinearSoftmax computes exactly.
             output_qparams = softmax_qparams()
         inputs = [self._int_value(arg.name) for arg in tensor_args(node, entry["pattern"])]
@@ -225,6 +226,9 @@ class _Converter:
             return QuantGELU(inputs[0], output, approximate)
         if pattern == "softmax":
             return QuantSoftmax(inputs[0], output, softmax_dim(node, self.modules))
+        if pattern == "masked_softmax":
+            mask = _get_attr(self.observed, node.args[1].target)
+            return QuantMaskedSoftmax(inputs[0], output, mask, node.args[2] if len(node.args) > 2 else node.kwargs["windows"])
         if pattern == "batchnorm":
             return QuantBatchNorm2d(self.modules[node.target], inputs[0], output, relu=relu)
         if pattern == "mean":

@@ -14,6 +14,9 @@ Patterns:
                  the nn modules, F functions and torch / Tensor methods
     softmax      nn.Softmax, F.softmax, torch.softmax, Tensor.softmax over one
                  dim, without dtype (output qparams fixed to [0, 1])
+    masked_softmax  Swin's shifted-window softmax with its additive mask
+                 (stages.tracing.window_attention.masked_softmax), the mask a
+                 constant (get_attr)
     batchnorm    nn.BatchNorm2d (folded into a preceding conv; otherwise an
                  int8 elementwise op)
     mean         Tensor.mean / torch.mean over given dims
@@ -39,10 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from stages.tracing.window_attention import masked_softmax
+
 # Elementwise ops whose int8 module computes dequantize -> float op -> quantize.
 ELEMENTWISE_PATTERNS = frozenset({"relu6", "hardswish", "hardsigmoid", "silu", "sigmoid", "gelu", "batchnorm"})
 COMPUTE_PATTERNS = frozenset(
-    {"conv", "linear", "add", "mul", "matmul", "cat", "relu", "avgpool", "adaptive_avgpool", "mean", "softmax"} | ELEMENTWISE_PATTERNS
+    {"conv", "linear", "add", "mul", "matmul", "cat", "relu", "avgpool", "adaptive_avgpool", "mean", "softmax", "masked_softmax"}
+    | ELEMENTWISE_PATTERNS
 )
 PASS_THROUGH_PATTERNS = frozenset({"maxpool", "reshape", "identity", "split", "getitem"})
 FUSABLE_WITH_RELU = frozenset({"conv", "linear", "add", "batchnorm"})
@@ -169,6 +175,10 @@ def _classify_function(node: fx.Node) -> str:
         return "mul" if target in _MUL_FUNCTIONS else "matmul"
     if target in (torch.softmax, F.softmax):
         return "softmax" if softmax_dim(node) is not None else "float"
+    if target is masked_softmax:
+        mask = _call_argument(node, 1, "mask", None)
+        constant = isinstance(mask, fx.Node) and mask.op == "get_attr"
+        return "masked_softmax" if constant and isinstance(_call_argument(node, 2, "windows", None), int) else "float"
     if target is torch.cat:
         return "cat" if _is_tensor_list(node.args[0] if node.args else node.kwargs.get("tensors")) else "float"
     if target is torch.mean:

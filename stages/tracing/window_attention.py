@@ -14,7 +14,10 @@ function node.
 In shifted windows the mask adds -100 to the scores of token pairs from
 different regions. Quantized with that range, the real scores would get only
 a few levels. So :func:`masked_softmax` keeps mask and softmax together as
-one float node, and unshifted windows run softmax in int8.
+one node, which the quantizer turns into
+``stages.quant.modules.QuantMaskedSoftmax``: the masked sum gets the scores'
+range extended just far enough down that a masked pair's probability rounds
+to 0.
 """
 
 from __future__ import annotations

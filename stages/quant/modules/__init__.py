@@ -49,7 +49,7 @@ from stages.quant.modules.pointwise import (
     gate_qparams,
 )
 from stages.quant.modules.pooling import QuantAdaptiveAvgPool2d, QuantAvgPool2d, QuantMaxPool2d, QuantMean
-from stages.quant.modules.tensor_ops import QuantCat, QuantMatMul, QuantSoftmax, softmax_qparams
+from stages.quant.modules.tensor_ops import QuantCat, QuantMaskedSoftmax, QuantMatMul, QuantSoftmax, softmax_qparams
 from stages.quant.modules.weighted import Dequantize, QuantConv2d, QuantLinear, Quantize
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "QuantSiLU",
     "QuantGELU",
     "QuantSoftmax",
+    "QuantMaskedSoftmax",
     "QuantBatchNorm2d",
     "QuantMul",
     "QuantMatMul",
@@ -96,6 +97,7 @@ INT8_MODULES: tuple[type[nn.Module], ...] = (
     QuantSiLU,
     QuantGELU,
     QuantSoftmax,
+    QuantMaskedSoftmax,
     QuantBatchNorm2d,
     QuantMul,
     QuantMatMul,

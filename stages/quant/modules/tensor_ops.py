@@ -1,4 +1,4 @@
-"""Int8 ops over whole tensor axes: softmax, matrix product and concatenation."""
+"""Int8 ops over whole tensor axes: softmax, masked softmax, matrix product and concatenation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import math
 import torch
 from torch import nn
 
-from stages.quant.arithmetic import QParams, centered, dequantize, quantize, requantize, requantize_multiplier
+from stages.quant.arithmetic import (
+    QParams,
+    centered,
+    dequantize,
+    qlinear_add,
+    qparams_from_range,
+    quantize,
+    requantize,
+    requantize_multiplier,
+)
 
 from stages.quant.modules.common import repr_qparams
 
@@ -58,6 +67,69 @@ class QuantSoftmax(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, " + repr_qparams("output", self.output_qparams)
+
+
+# How far below the lowest unmasked score a masked score lands, in score units.
+# A masked entry then weighs at most exp(-12) = 6e-6 of the row's largest
+# entry, which rounds to 0 at softmax's output step of 1/256.
+MASK_MARGIN = 12.0
+
+
+class QuantMaskedSoftmax(nn.Module):
+    """Softmax over the last dim of uint8 scores plus an additive mask, per window.
+
+    The float op is ``softmax(scores.view(-1, windows, H, L, L) + mask)``
+    with ``mask`` (windows, 1, L, L) holding 0 where a pair attends and a
+    large negative value (Swin's -100) where it does not. Quantizing the sum
+    over its observed range would spend most of the 256 levels on the mask.
+    So the sum gets the input's range extended down by :data:`MASK_MARGIN`.
+    A masked score then saturates at the lowest level, at least
+    ``MASK_MARGIN`` below every unmasked score, and its probability rounds to 0.
+
+    Attributes:
+        input_qparams (QParams): of the scores.
+        mask_qparams (QParams): uint8 over [min(mask), 0]; 0 maps to the
+            zero point 255 and so stays exactly 0.
+        masked_qparams (QParams): uint8 over [input min - MASK_MARGIN, input max].
+        output_qparams (QParams): from :func:`softmax_qparams`.
+        windows (int).
+        mask (uint8 tensor, buffer): the quantized mask, (1, windows, 1, L, L).
+
+    Arithmetic: masked = QuantAdd(scores per window, mask) at masked_qparams
+    (QLinearAdd's kernel), then QuantSoftmax of masked over the last dim.
+
+    ONNX: Reshape(x) -> DequantizeLinear, DequantizeLinear(mask) -> Add ->
+    QuantizeLinear(masked_qparams) -> Reshape -> DequantizeLinear -> Softmax
+    -> QuantizeLinear(output_qparams); onnxruntime fuses it into QLinearAdd
+    and QLinearSoftmax.
+    """
+
+    def __init__(self, input_qparams: QParams, output_qparams: QParams, mask: torch.Tensor, windows: int) -> None:
+        super().__init__()
+        if input_qparams.dtype != "uint8":
+            raise ValueError("masked softmax is quantized for uint8 activations only")
+        if mask.dim() != 4 or mask.shape[0] != windows or mask.shape[1] != 1:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} is not (windows={windows}, 1, L, L)")
+        if float(mask.max()) != 0.0 or float(mask.min()) >= -MASK_MARGIN:
+            raise ValueError(f"mask is not 0 where pairs attend and at most -{MASK_MARGIN:g} elsewhere")
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
+        self.windows = int(windows)
+        self.mask_qparams = qparams_from_range(float(mask.min()), 0.0, "uint8")
+        low = input_qparams.scale * (input_qparams.qmin - input_qparams.zero_point)
+        high = input_qparams.scale * (input_qparams.qmax - input_qparams.zero_point)
+        self.masked_qparams = qparams_from_range(low - MASK_MARGIN, high, "uint8")
+        self.register_buffer("mask", quantize(mask.to(torch.float32), self.mask_qparams).unsqueeze(0))
+        self.softmax = QuantSoftmax(self.masked_qparams, output_qparams, dim=-1)
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        heads, length = q.shape[1], q.shape[2]
+        per_window = q.reshape(-1, self.windows, heads, length, length)
+        masked = qlinear_add(per_window, self.input_qparams, self.mask, self.mask_qparams, self.masked_qparams)
+        return self.softmax(masked.reshape(-1, heads, length, length))
+
+    def extra_repr(self) -> str:
+        return f"windows={self.windows}, {repr_qparams('masked', self.masked_qparams)}, {repr_qparams('output', self.output_qparams)}"
 
 
 def _softmax_exp_table(input_scale: float, length: int) -> torch.Tensor:

@@ -29,8 +29,7 @@ INT8_MIN_WITHIN_ONE_STEP_PCT = 99.9
 # DequantizeLinear and QuantizeLinear. onnxruntime and PyTorch compute those
 # in different orders, so a value within float32 rounding of a quantization
 # boundary lands one step apart at the next QuantizeLinear, and through 12
-# encoder layers such steps reach many outputs. swin_t's shifted-window
-# attention stays float. Measured on this test's input and calibration
+# encoder layers such steps reach many outputs. Measured on this test's input and calibration
 # (AMD EPYC, avx512_vnni, onnxruntime 1.32): vit_b_16 63.0% of outputs within
 # one step (the first divergent node is the Dequantize of a residual Add,
 # add_12), swin_t 100.00%. Float kernels also differ between CPUs, so the
@@ -39,6 +38,8 @@ INT8_GATES: dict[str, float] = {"vit_b_16": 50.0, "swin_t": 99.0}
 
 # Models whose int8 graph must leave no Conv, Gemm, MatMul or Add in float.
 ALL_INT8_COMPUTE = ("resnet18", "mobilenet_v2")
+# Models whose attention softmax (swin_t's shifted windows included) must run as QLinearSoftmax.
+INT8_SOFTMAX = ("vit_b_16", "swin_t")
 
 CASES = [(name, precision) for name in MODEL_NAMES for precision in ("fp32", "int8")]
 
@@ -79,6 +80,9 @@ def test_torchvision_export(name: str, precision: str, tmp_path: Path) -> None:
     assert int8_kernels > 0
     if name in ALL_INT8_COMPUTE:
         assert float_compute_nodes(histogram) == 0, histogram
+    if name in INT8_SOFTMAX:
+        assert histogram.get("QLinearSoftmax", 0) > 0, histogram
+        assert "Softmax" not in histogram, histogram
 
 
 # Attention reshapes carry the batch size, so the transformers check dynamic batch too.

@@ -17,7 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from stages.quant.arithmetic import QParams, qlinear_mul
-from stages.quant.modules import QuantAdaptiveAvgPool2d, QuantAdd, QuantConv2d, QuantLinear, QuantSoftmax, softmax_qparams
+from stages.quant.modules import (
+    QuantAdaptiveAvgPool2d,
+    QuantAdd,
+    QuantConv2d,
+    QuantLinear,
+    QuantMaskedSoftmax,
+    QuantSoftmax,
+    softmax_qparams,
+)
+from stages.quant.modules.tensor_ops import MASK_MARGIN
+from stages.tracing.window_attention import shift_mask
 
 ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
 NUMPY_TYPES = {"uint8": np.uint8, "int8": np.int8}
@@ -243,6 +253,65 @@ def test_softmax_equals_qlinearsoftmax(scale: float, zero_point: int, length: in
     actual = _run(nodes, initializers, {"x": x.numpy()}, expected)
 
     assert np.array_equal(actual, expected.numpy())
+
+
+@pytest.mark.parametrize(("scale", "zero_point"), [(0.06, 140), (0.3, 250), (0.01, 0)])
+def test_masked_softmax_equals_onnxruntime(scale: float, zero_point: int) -> None:
+    mask = shift_mask((14, 14), [7, 7], [3, 3])
+    windows, heads, length = mask.shape[0], 3, mask.shape[-1]
+    input_qparams = QParams(float(np.float32(scale)), zero_point, "uint8")
+    module = QuantMaskedSoftmax(input_qparams, softmax_qparams(), mask, windows)
+    generator = torch.Generator().manual_seed(zero_point)
+    x = torch.randint(0, 256, (2 * windows, heads, length, length), generator=generator).to(torch.uint8)
+    expected = module(x)
+
+    nodes = [
+        helper.make_node("Reshape", ["x", "per_window_shape"], ["per_window"]),
+        helper.make_node("DequantizeLinear", ["per_window", "x_scale", "x_zero_point"], ["scores"]),
+        helper.make_node("DequantizeLinear", ["mask", "mask_scale", "mask_zero_point"], ["mask_float"]),
+        helper.make_node("Add", ["scores", "mask_float"], ["masked"]),
+        helper.make_node("QuantizeLinear", ["masked", "masked_scale", "masked_zero_point"], ["masked_q"]),
+        helper.make_node("Reshape", ["masked_q", "flat_shape"], ["flat"]),
+        helper.make_node("DequantizeLinear", ["flat", "masked_scale", "masked_zero_point"], ["flat_float"]),
+        helper.make_node("Softmax", ["flat_float"], ["probabilities"], axis=-1),
+        helper.make_node("QuantizeLinear", ["probabilities", "y_scale", "y_zero_point"], ["y"]),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([-1, windows, heads, length, length], dtype=np.int64), "per_window_shape"),
+        numpy_helper.from_array(np.array([-1, heads, length, length], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(module.mask.numpy(), "mask"),
+        *_qparam_initializers("x", input_qparams),
+        *_qparam_initializers("mask", module.mask_qparams),
+        *_qparam_initializers("masked", module.masked_qparams),
+        *_qparam_initializers("y", softmax_qparams()),
+    ]
+    actual = _run(nodes, initializers, {"x": x.numpy()}, expected)
+
+    assert np.array_equal(actual, expected.numpy())
+
+
+def test_masked_softmax_drops_masked_pairs() -> None:
+    """Masked pairs get probability 0; the rest follow float64 softmax of the requantized masked scores."""
+    mask = shift_mask((14, 14), [7, 7], [3, 3])
+    windows, heads, length = mask.shape[0], 2, mask.shape[-1]
+    input_qparams = QParams(float(np.float32(0.05)), 128, "uint8")
+    module = QuantMaskedSoftmax(input_qparams, softmax_qparams(), mask, windows)
+    x = torch.randint(0, 256, (windows, heads, length, length), generator=torch.Generator().manual_seed(3)).to(torch.uint8)
+    probabilities = module(x).numpy().astype(np.float64) / 256.0
+
+    masked_qparams = module.masked_qparams
+    assert masked_qparams.scale * (0 - masked_qparams.zero_point) <= input_qparams.scale * (0 - 128) - MASK_MARGIN + masked_qparams.scale
+    scores = (x.numpy().astype(np.float64) - 128) * input_qparams.scale + mask.numpy()
+    levels = np.clip(np.rint(scores / masked_qparams.scale) + masked_qparams.zero_point, 0, 255)
+    requantized = (levels - masked_qparams.zero_point) * masked_qparams.scale
+    reference = np.exp(requantized - requantized.max(axis=-1, keepdims=True))
+    reference /= reference.sum(axis=-1, keepdims=True)
+
+    dropped = np.broadcast_to(mask.numpy() < 0, probabilities.shape)
+    assert dropped.any()
+    assert np.all(probabilities[dropped] == 0.0)
+    within_one_step = np.abs(probabilities - reference) <= 1.0 / 256.0 + 1e-12
+    assert within_one_step.mean() >= 0.999
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])
