@@ -75,8 +75,11 @@ class ModelTiming:
     quantize_static_float_compute_nodes: int
     # onnxruntime's optimized graphs of both int8 models run the same kernels (in any order).
     same_kernels_as_quantize_static: bool
+    # Medians over the rounds of the ratios paired within each round.
     speedup_vs_fp32: float = 0.0
     speedup_vs_quantize_static: float = 0.0
+    # 25th and 75th percentiles of the paired ours-vs-quantize_static ratios.
+    speedup_vs_quantize_static_iqr: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Report:
     cpu: str
     versions: dict[str, str]
     threads: int
+    rounds: int
     runs: int
     models: list[ModelTiming] = field(default_factory=list)
     export: ExportTiming | None = None
@@ -167,9 +171,9 @@ def kernel_counts(path: Path, work: Path) -> tuple[int, int, list[tuple[Any, ...
     return count, float_compute_nodes(histogram), kernel_signature(optimized_graph(path, work))
 
 
-def time_model(name: str, image_size: int, runs: int, work: Path) -> ModelTiming:
+def time_model(name: str, image_size: int, rounds: int, runs: int, work: Path) -> ModelTiming:
     from stages.onnx.emitter import export_graph_module
-    from stages.profiling.onnx_timing import time_onnx_models
+    from stages.profiling.onnx_timing import time_onnx_rounds
     from stages.tracing.tracer import trace_model
 
     input_shape = [1, 3, image_size, image_size]
@@ -191,21 +195,25 @@ def time_model(name: str, image_size: int, runs: int, work: Path) -> ModelTiming
 
     int8_kernels, float_nodes, int8_ops = kernel_counts(int8_path, work)
     static_kernels, static_float, static_ops = kernel_counts(static_path, work)
-    latency = time_onnx_models({"fp32": fp32_path, "int8": int8_path, "static": static_path}, 1, THREADS, WARMUP, runs)
+    per_round = time_onnx_rounds({"fp32": fp32_path, "int8": int8_path, "static": static_path}, 1, THREADS, WARMUP, runs, rounds)
+    # One median per fresh process; the three variants of a round ran back to back.
+    medians = {variant: np.array([np.median(chunk) * 1000.0 for chunk in chunks]) for variant, chunks in per_round.items()}
+    versus_static = medians["static"] / medians["int8"]
     timing = ModelTiming(
         model=name,
         image_size=image_size,
-        fp32_ms=latency["fp32"].median_ms,
-        int8_ms=latency["int8"].median_ms,
-        quantize_static_ms=latency["static"].median_ms,
+        fp32_ms=float(np.median(medians["fp32"])),
+        int8_ms=float(np.median(medians["int8"])),
+        quantize_static_ms=float(np.median(medians["static"])),
         int8_kernels=int8_kernels,
         float_compute_nodes=float_nodes,
         quantize_static_int8_kernels=static_kernels,
         quantize_static_float_compute_nodes=static_float,
         same_kernels_as_quantize_static=_kernel_multiset(int8_ops) == _kernel_multiset(static_ops),
+        speedup_vs_fp32=float(np.median(medians["fp32"] / medians["int8"])),
+        speedup_vs_quantize_static=float(np.median(versus_static)),
+        speedup_vs_quantize_static_iqr=(float(np.percentile(versus_static, 25)), float(np.percentile(versus_static, 75))),
     )
-    timing.speedup_vs_fp32 = timing.fp32_ms / timing.int8_ms
-    timing.speedup_vs_quantize_static = timing.quantize_static_ms / timing.int8_ms
     return timing
 
 
@@ -256,24 +264,31 @@ def render(report: Report) -> str:
     lines = [
         f"CPU: {report.cpu}",
         "versions: " + ", ".join(f"{name} {version}" for name, version in report.versions.items()),
-        f"onnxruntime CPU, batch 1, {report.threads} threads, median of {report.runs} runs per variant, in fresh processes interleaved over the three variants",
+        f"onnxruntime CPU, batch 1, {report.threads} threads, {report.runs} timed runs per variant "
+        f"in {report.rounds} rounds; each round times the three variants back to back, each in a fresh process",
         "",
         f"{'model':<20} {'size':>4} {'fp32 ms':>9} {'int8 ms':>9} {'q_static ms':>11} "
-        f"{'int8/fp32':>9} {'ours/q_static':>13} {'int8 kernels':>12} {'float nodes':>11} {'q_static float':>14} {'same kernels':>12}",
+        f"{'int8/fp32':>9} {'ours/q_static':>13} {'IQR':>11} {'int8 kernels':>12} {'float nodes':>11} {'q_static float':>14} "
+        f"{'same kernels':>12}",
     ]
     for row in report.models:
+        low, high = row.speedup_vs_quantize_static_iqr
         lines.append(
             f"{row.model:<20} {row.image_size:>4} {row.fp32_ms:>9.2f} {row.int8_ms:>9.2f} {row.quantize_static_ms:>11.2f} "
-            f"{row.speedup_vs_fp32:>8.2f}x {row.speedup_vs_quantize_static:>12.2f}x {row.int8_kernels:>12} "
-            f"{row.float_compute_nodes:>11} {row.quantize_static_float_compute_nodes:>14} {'yes' if row.same_kernels_as_quantize_static else 'no':>12}"
+            f"{row.speedup_vs_fp32:>8.2f}x {row.speedup_vs_quantize_static:>12.2f}x {f'{low:.2f}-{high:.2f}':>11} "
+            f"{row.int8_kernels:>12} {row.float_compute_nodes:>11} {row.quantize_static_float_compute_nodes:>14} "
+            f"{'yes' if row.same_kernels_as_quantize_static else 'no':>12}"
         )
-    lines.append("int8/fp32: how many times faster our int8 runs than our fp32; ours/q_static: than quantize_static's int8.")
-    lines.append(
+    lines += [
+        "ms: median over the rounds of each process's median latency.",
+        "int8/fp32: how many times faster our int8 runs than our fp32; ours/q_static: than quantize_static's int8. "
+        "Both are medians over the rounds of the ratio within each round, which cancels the machine-wide slowdowns "
+        "that hit all three variants of a round; IQR: the middle half of the rounds' ours/q_static ratios.",
         "same kernels: onnxruntime's optimized graphs of our int8 and quantize_static's int8 have the same nodes "
         "(op, attributes, input types and shapes, a QLinearConv with or without its bias; "
         "independent branches may run in another order), "
-        "so their speed differs only by measurement noise."
-    )
+        "so their speed differs only by measurement noise.",
+    ]
     if report.export is not None:
         export = report.export
         lines += [
@@ -290,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all", action="store_true", help="time all 17 torchvision classifiers")
     parser.add_argument("--models", nargs="+", help="time these torchvision models")
     parser.add_argument("--image-size", type=int, default=224, help="square input size (default 224)")
-    parser.add_argument("--runs", type=int, default=50, help="timed runs per model and variant (default 50)")
+    parser.add_argument("--rounds", type=int, default=12, help="fresh processes per model and variant (default 12)")
+    parser.add_argument("--runs", type=int, default=60, help="timed runs per model and variant, over all rounds (default 60)")
     parser.add_argument("--no-export", action="store_true", help="skip the export-time comparison")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
@@ -299,11 +315,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(THREADS)
     names = ALL_MODELS if args.all else tuple(args.models or DEFAULT_MODELS)
-    report = Report(cpu=describe_cpu(), versions=runtime_versions(), threads=THREADS, runs=args.runs)
+    report = Report(cpu=describe_cpu(), versions=runtime_versions(), threads=THREADS, rounds=args.rounds, runs=args.runs)
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
             size = max(args.image_size, 75) if name == "inception_v3" else args.image_size
-            report.models.append(time_model(name, size, args.runs, Path(folder)))
+            report.models.append(time_model(name, size, args.rounds, args.runs, Path(folder)))
             print(f"{name}: done", file=sys.stderr, flush=True)
     if not args.no_export:
         report.export = time_export(EXPORT_TIME_MODEL, args.image_size)

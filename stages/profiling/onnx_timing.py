@@ -111,18 +111,30 @@ def time_onnx_models(
 ) -> dict[str, Latency]:
     """Time ``repeats`` runs of each model, spread over ``rounds`` fresh processes per model.
 
-    Each process creates one session, does ``warmup`` untimed runs and
-    times its share of the runs. Sessions that shared one process timed
-    up to 13% apart on two graphs that run the same kernels, so no model
-    shares a process with another. A model's latency still moves from one
-    process to the next (by up to 30% on a 2-core VM), which the rounds
-    average out in part. The rounds
-    interleave the models in an order rotated each round, so a clock-speed
-    change or another program's burst of work lands on every model.
-    An InputShapeError names the model (the key of ``paths``) it is about.
+    Sessions that shared one process timed up to 13% apart on two graphs
+    that run the same kernels, so no model shares a process with another.
+    A model's latency still moves from one process to the next (by up to
+    30% on a 2-core VM), which the rounds average out in part (see
+    :func:`time_onnx_rounds`). An InputShapeError names the model (the key
+    of ``paths``) it is about.
+    """
+    per_round = time_onnx_rounds(paths, batch_size, threads, warmup, repeats, rounds)
+    return {name: Latency.from_seconds([value for chunk in chunks for value in chunk]) for name, chunks in per_round.items()}
+
+
+def time_onnx_rounds(
+    paths: Mapping[str, Path], batch_size: int, threads: int, warmup: int, repeats: int, rounds: int
+) -> dict[str, list[list[float]]]:
+    """Return, per model, the seconds of the timed runs of each round, one list per round.
+
+    Each round times every model in its own fresh process: one session,
+    ``warmup`` untimed runs, then the round's share of ``repeats``. The
+    rounds interleave the models in an order rotated each round, so a
+    clock-speed change or another program's burst of work lands on every
+    model, and a comparison can pair the models' times round by round.
     """
     names = list(paths)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[list[float]]] = {name: [] for name in names}
     if not names:
         return {}
     rounds = max(1, min(rounds, repeats))
@@ -132,10 +144,10 @@ def time_onnx_models(
         order = names[index % len(names) :] + names[: index % len(names)]
         for name in order:
             try:
-                samples[name] += _time_in_fresh_process(paths[name], batch_size, threads, warmup, count)
+                samples[name].append(_time_in_fresh_process(paths[name], batch_size, threads, warmup, count))
             except InputShapeError as exc:
                 raise InputShapeError(f"'{name}': {exc}") from exc
-    return {name: Latency.from_seconds(samples[name]) for name in names}
+    return samples
 
 
 def _time_in_fresh_process(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[float]:

@@ -15,6 +15,7 @@ from stages.profiling.onnx_timing import (
     session_feeds,
     time_onnx,
     time_onnx_models,
+    time_onnx_rounds,
 )
 
 
@@ -94,6 +95,14 @@ def test_interleaved_timing_covers_every_model(tmp_path: Path, write_conv_model:
     for latency in latencies.values():
         assert latency.runs == 7
         assert 0 < latency.p10_ms <= latency.median_ms <= latency.p90_ms
+
+
+def test_rounds_split_the_runs_per_model(tmp_path: Path, write_conv_model: Callable[..., None]) -> None:
+    write_conv_model(tmp_path / "fp32.onnx", int8=False)
+    write_conv_model(tmp_path / "int8.onnx", int8=True)
+    rounds = time_onnx_rounds({"fp32": tmp_path / "fp32.onnx", "int8": tmp_path / "int8.onnx"}, 1, 1, 1, repeats=7, rounds=3)
+    assert {name: [len(chunk) for chunk in chunks] for name, chunks in rounds.items()} == {"fp32": [3, 2, 2], "int8": [3, 2, 2]}
+    assert all(seconds > 0 for chunks in rounds.values() for chunk in chunks for seconds in chunk)
 
 
 def test_interleaved_timing_names_bad_model(tmp_path: Path, write_conv_model: Callable[..., None]) -> None:
