@@ -6,7 +6,8 @@ QuantizeLinear to the module's output qparams (the arithmetic the modules in
 Sigmoid and Softmax groups into QLinearMul, QLinearMatMul, QLinearConcat,
 QLinearSigmoid and QLinearSoftmax, and removes a Clip(0, 6) or Relu whose range the following
 QuantizeLinear already enforces. SiLU, Hardswish and GELU quantize their
-gate (sigmoid, hardsigmoid, the normal CDF) on its own, so the product runs as QLinearMul.
+gate (sigmoid, hardsigmoid, the erf or tanh core of the normal CDF) on its
+own, so the product runs as QLinearMul.
 
 Classes are looked up by name, so this module loads with a quantization
 package that does not define all of them yet.
@@ -72,26 +73,6 @@ def _sigmoid(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: s
     return float_step(graph, node, "Sigmoid", [source], "sigmoid")
 
 
-def _gelu_gate(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
-    """Emit Phi(x) in the order QuantGELU.gate computes it."""
-
-    def constant(label: str, value: float) -> str:
-        return graph.add_constant(f"{node.name}/{label}", value, np.float32)
-
-    if getattr(module, "approximate", "none") == "tanh":
-        cube = float_step(graph, node, "Mul", [source, constant("coefficient", 0.044715)], "scaled_x")
-        cube = float_step(graph, node, "Mul", [cube, source], "scaled_square")
-        cube = float_step(graph, node, "Mul", [cube, source], "scaled_cube")
-        inner = float_step(graph, node, "Add", [source, cube], "inner")
-        scaled = float_step(graph, node, "Mul", [inner, constant("sqrt_2_over_pi", math.sqrt(2.0 / math.pi))], "scaled")
-        core = float_step(graph, node, "Tanh", [scaled], "tanh")
-    else:
-        scaled = float_step(graph, node, "Div", [source, constant("sqrt_2", math.sqrt(2.0))], "scaled")
-        core = float_step(graph, node, "Erf", [scaled], "erf")
-    one_plus = float_step(graph, node, "Add", [core, constant("one", 1.0)], "one_plus")
-    return float_step(graph, node, "Mul", [one_plus, constant("half", 0.5)], "cdf")
-
-
 def _batch_norm(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, source: str) -> str:
     bn = module.bn
     channels = bn.num_features
@@ -120,16 +101,39 @@ def _gated(gate_op: FloatOp) -> Callable[[OnnxGraph, torch.fx.Node, nn.Module], 
     def emit(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
         gate_source = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
         gate = fake_quantize_value(graph, node, gate_op(graph, node, module, gate_source), module.gate_qparams, "gate")
-        # The product gets its own DequantizeLinear, so onnxruntime matches the QDQ group of a QLinearMul.
-        product_source = dequantize_input(graph, node, node.args[0], module.input_qparams, "product_input")
-        quantize_output(graph, node, float_step(graph, node, "Mul", [product_source, gate], "mul"), module.output_qparams)
+        _gated_product(graph, node, module, gate)
 
     return emit
 
 
+def _gated_product(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module, gate: str) -> None:
+    """Emit x * gate, quantized to the module's output."""
+    # The product gets its own DequantizeLinear, so onnxruntime matches the QDQ group of a QLinearMul.
+    product_source = dequantize_input(graph, node, node.args[0], module.input_qparams, "product_input")
+    quantize_output(graph, node, float_step(graph, node, "Mul", [product_source, gate], "mul"), module.output_qparams)
+
+
 _register("QuantHardswish")(_gated(_hardsigmoid))
 _register("QuantSiLU")(_gated(_sigmoid))
-_register("QuantGELU")(_gated(_gelu_gate))
+
+
+@_register("QuantGELU")
+def emit_quant_gelu(graph: OnnxGraph, node: torch.fx.Node, module: nn.Module) -> None:
+    """Emit x * (1 + core(x)) / 2 with the core quantized once and read back as the gate (see QuantGELU)."""
+    if module.approximate == "tanh":
+        x = dequantize_input(graph, node, node.args[0], module.input_qparams, "input")
+        coefficient = graph.add_constant(f"{node.name}/coefficient", 0.044715, np.float32)
+        cube = float_step(graph, node, "Mul", [x, coefficient], "scaled_x")
+        cube = float_step(graph, node, "Mul", [cube, x], "scaled_square")
+        cube = float_step(graph, node, "Mul", [cube, x], "scaled_cube")
+        inner = float_step(graph, node, "Add", [cube, x], "inner")
+        factor = graph.add_constant(f"{node.name}/sqrt_2_over_pi", math.sqrt(2.0 / math.pi), np.float32)
+        core = float_step(graph, node, "Tanh", [float_step(graph, node, "Mul", [inner, factor], "scaled")], "tanh")
+    else:
+        scaled = dequantize_input(graph, node, node.args[0], module.scaled_input_qparams, "scaled_input")
+        core = float_step(graph, node, "Erf", [scaled], "erf")
+    core_q = quantize_tensor(graph, node, core, module.core_qparams, "core")
+    _gated_product(graph, node, module, dequantize_tensor(graph, node, core_q, module.gate_qparams, "gate"))
 
 
 def _binary(op_type: str) -> Callable[[OnnxGraph, torch.fx.Node, nn.Module], None]:

@@ -218,26 +218,69 @@ class QuantSiLU(_QuantGated):
         return torch.sigmoid(x)
 
 
-class QuantGELU(_QuantGated):
-    """GELU of a quantized tensor: x * Phi(x), Phi the standard normal CDF.
+# Levels per unit of the GELU gate's core (erf or tanh, in [-1, 1]). With 127,
+# core + 1 is a whole number of levels. So the gate (1 + core) / 2 reads the
+# core's integers with half its scale.
+GELU_CORE_LEVELS = 127
 
-    Attributes: input_qparams, output_qparams, gate_qparams, approximate (str:
-    "none" for Phi(x) = 0.5 * (1 + erf(x / sqrt(2))), "tanh" for the tanh
-    approximation). Arithmetic: see the base class, gate = Phi.
 
-    ONNX: the base class's pattern with the gate written out in float ops:
-    Div, Erf, Add, Mul (or the tanh form).
+class QuantGELU(nn.Module):
+    """GELU of a quantized tensor: x * Phi(x), with Phi(x) = (1 + core(x)) / 2 the standard normal CDF.
+
+    The core is erf(x / sqrt(2)), or tanh(sqrt(2 / pi) * (x + 0.044715 * x^3))
+    with ``approximate="tanh"``. It lies in [-1, 1], so it is quantized at
+    the fixed scale 1/127 with its zero at level 127 (uint8) or 0 (int8).
+    The same integers, read with scale 1/254 and the zero point 127 levels
+    lower, are the gate (1 + core) / 2. So the gate costs no Add and no Mul,
+    and the 1/sqrt(2) of erf's argument folds into the input's scale.
+
+    Attributes:
+        input_qparams, output_qparams (QParams).
+        approximate (str): "none" (erf) or "tanh".
+        scaled_input_qparams (QParams): the input's qparams with the scale
+            float32(input_scale / sqrt(2)): Dequantize with it gives x / sqrt(2).
+        core_qparams (QParams): scale float32(1/127), zero point 127 (uint8) or 0 (int8).
+        gate_qparams (QParams): scale core_scale / 2, zero point core_zero_point - 127.
+
+    Arithmetic:
+        erf:  c = erf(float32(q - input_zero_point) * scaled_input_scale)
+        tanh: x = dequantize(q); c = tanh(((x * 0.044715) * x * x + x) * sqrt(2 / pi))
+        g = quantize(c, core_qparams)                                   (float32)
+        y = qlinear_mul(q, g read with gate_qparams)  (QLinearMul's kernel)
+
+    ONNX: DequantizeLinear(q, scaled_input_qparams) -> Erf (or the tanh form on
+    DequantizeLinear(q)) -> QuantizeLinear(core_qparams) ->
+    DequantizeLinear(gate_qparams), then Mul with DequantizeLinear(q) ->
+    QuantizeLinear(output_qparams); onnxruntime runs the product as QLinearMul.
+
+    NOTE: onnxruntime's Erf and Tanh kernels are their own approximations,
+    so a core value at a rounding boundary can land one step apart from torch's.
     """
 
     def __init__(self, input_qparams: QParams, output_qparams: QParams, approximate: str = "none") -> None:
-        super().__init__(input_qparams, output_qparams)
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"invalid GELU approximate {approximate!r}: expected 'none' or 'tanh'")
+        dtype = input_qparams.dtype
+        self.input_qparams = input_qparams
+        self.output_qparams = output_qparams
         self.approximate = approximate
+        self.scaled_input_qparams = QParams(to_float32(input_qparams.scale / math.sqrt(2.0)), input_qparams.zero_point, dtype)
+        core_zero_point = GELU_CORE_LEVELS if dtype == "uint8" else 0
+        self.core_qparams = QParams(to_float32(1.0 / GELU_CORE_LEVELS), core_zero_point, dtype)
+        self.gate_qparams = QParams(self.core_qparams.scale / 2.0, core_zero_point - GELU_CORE_LEVELS, dtype)
 
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
         if self.approximate == "tanh":
-            inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
-            return 0.5 * (1.0 + torch.tanh(inner))
-        return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+            x = dequantize(q, self.input_qparams)
+            core = torch.tanh(((x * 0.044715) * x * x + x) * math.sqrt(2.0 / math.pi))
+        else:
+            core = torch.erf(dequantize(q, self.scaled_input_qparams))
+        gate = quantize(core, self.core_qparams)
+        return qlinear_mul(q, self.input_qparams, gate, self.gate_qparams, self.output_qparams)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}, {repr_qparams('output', self.output_qparams)}"
 
 
 class QuantBatchNorm2d(_QuantElementwise):

@@ -216,8 +216,12 @@ def test_gated_activations_use_qlinearmul(tmp_path: Path) -> None:
     _, histogram = count_int8_kernels(model, tmp_path)
     assert histogram.get("QLinearMul", 0) == 3
     assert histogram.get("QLinearSigmoid", 0) == 1
-    # The one float Mul is the 0.5 of GELU's gate, 0.5 * (1 + erf(x / sqrt(2))).
-    assert histogram.get("Mul", 0) == 1
+    # GELU's gate (1 + erf(x / sqrt(2))) / 2 is the Erf alone: its Div folds into
+    # a Dequantize scale, and its Add and Mul into the gate's qparams.
+    assert histogram.get("Erf", 0) == 1
+    assert "Div" not in histogram
+    assert "Add" not in histogram
+    assert "Mul" not in histogram
 
     steps = output_quantization_steps(int8)
     comparison = compare_outputs(create_session(model), int8, chunk_inputs(inputs.numpy(), 1), steps)

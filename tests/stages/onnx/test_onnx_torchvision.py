@@ -24,17 +24,16 @@ from torchvision_models import MODEL_NAMES, build_model
 
 FP32_MAX_REL_DIFF = 1e-4
 INT8_MIN_WITHIN_ONE_STEP_PCT = 99.9
-# NOTE: vit_b_16's attention runs in int8 (nn.MultiheadAttention is inlined
-# by the tracer), but LayerNorm and GELU's gate stay float between
-# DequantizeLinear and QuantizeLinear. onnxruntime and PyTorch compute those
-# in different orders, so a value within float32 rounding of a quantization
-# boundary lands one step apart at the next QuantizeLinear, and through 12
-# encoder layers such steps reach many outputs. Measured on this test's input and calibration
-# (AMD EPYC, avx512_vnni, onnxruntime 1.32): vit_b_16 63.0% of outputs within
-# one step (the first divergent node is the Dequantize of a residual Add,
-# add_12), swin_t 100.00%. Float kernels also differ between CPUs, so the
-# gates leave room below the measured values.
-INT8_GATES: dict[str, float] = {"vit_b_16": 50.0, "swin_t": 99.0}
+# NOTE: in vit_b_16 and swin_t, LayerNorm and the erf of GELU's gate stay
+# float between DequantizeLinear and QuantizeLinear. onnxruntime and PyTorch
+# compute those in different orders, so a value within float32 rounding of a
+# quantization boundary lands one step apart at the next QuantizeLinear, and
+# the steps add up through the encoder layers. Measured on this test's input
+# and calibration (Intel Xeon with AMX, onnxruntime 1.32): vit_b_16 99.80% of
+# outputs within one step (the first divergent node is the Dequantize of the
+# residual Add add_22), swin_t 100.00%. Float kernels differ between CPUs, so
+# the gates leave room below the measured values.
+INT8_GATES: dict[str, float] = {"vit_b_16": 99.0, "swin_t": 99.0}
 
 # Models whose int8 graph must leave no Conv, Gemm, MatMul or Add in float.
 ALL_INT8_COMPUTE = ("resnet18", "mobilenet_v2")

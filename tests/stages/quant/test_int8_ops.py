@@ -60,21 +60,23 @@ ELEMENTWISE = [
     (QuantSigmoid, _np_sigmoid),
 ]
 # x * gate(x), with the gate quantized to 256 levels on [0, 1] before the product.
-def _np_tanh_normal_cdf(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-
-
-def _tanh_gelu(input_qparams: QParams, output_qparams: QParams) -> QuantGELU:
-    return QuantGELU(input_qparams, output_qparams, approximate="tanh")
-
-
 GATED = [
     (QuantHardswish, _np_hardsigmoid),
     (QuantSiLU, _np_sigmoid),
-    (QuantGELU, _np_normal_cdf),
-    (_tanh_gelu, _np_tanh_normal_cdf),
 ]
+
+
+def _np_erf_core(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf)(x.astype(np.float64) / math.sqrt(2.0))
+
+
+def _np_tanh_core(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3))
+
+
+# GELU's gate (1 + core(x)) / 2, the core quantized at 1/127 on [-1, 1].
+GELU_CORES = [("none", _np_erf_core), ("tanh", _np_tanh_core)]
 
 
 @pytest.mark.parametrize("cls,function", ELEMENTWISE, ids=[cls.__name__ for cls, _ in ELEMENTWISE])
@@ -111,6 +113,38 @@ def test_gated_matches_two_step_numpy(cls, gate, qparams: QParams) -> None:
     difference = np.abs(actual.numpy().astype(np.int64) - expected)
     assert difference.max() <= 1
     assert np.mean(difference == 0) > 0.98
+
+
+@pytest.mark.parametrize("approximate,core", GELU_CORES, ids=[name for name, _ in GELU_CORES])
+@pytest.mark.parametrize("qparams", [IN, SYMMETRIC], ids=["uint8", "int8"])
+def test_gelu_matches_quantized_core_numpy(approximate: str, core, qparams: QParams) -> None:
+    """Every input value: quantize(x * (1 + dequantize(quantize(core(x), 1/127))) / 2), to one step."""
+    x = _all_values(qparams)
+    real = ref.dequantize(x.numpy(), qparams.scale, qparams.zero_point)
+    core_zero_point = 127 if qparams.dtype == "uint8" else 0
+    core_scale = ref.f32(1.0 / 127.0)
+    core_q = ref.quantize(core(real).astype(np.float32), core_scale, core_zero_point, qparams.dtype)
+    gate = (1.0 + ref.dequantize(core_q, core_scale, core_zero_point)) / 2.0
+    expected = ref.quantize((real * gate).astype(np.float32), OUT.scale, OUT.zero_point, "uint8")
+
+    actual = QuantGELU(qparams, OUT, approximate)(x)
+
+    assert actual.dtype == torch.uint8
+    difference = np.abs(actual.numpy().astype(np.int64) - expected)
+    assert difference.max() <= 1
+    assert np.mean(difference == 0) > 0.98
+
+
+@pytest.mark.parametrize("qparams", [IN, SYMMETRIC], ids=["uint8", "int8"])
+def test_gelu_gate_reads_core_integers(qparams: QParams) -> None:
+    module = QuantGELU(qparams, OUT)
+    levels = np.arange(module.core_qparams.qmin, module.core_qparams.qmax + 1)
+    core = ref.dequantize(levels, module.core_qparams.scale, module.core_qparams.zero_point)
+    gate = ref.dequantize(levels, module.gate_qparams.scale, module.gate_qparams.zero_point)
+    # float32(1/127) * 127 is 1 to within float32 rounding, so equal to that rounding.
+    np.testing.assert_allclose(gate, (1.0 + core) / 2.0, rtol=0, atol=1e-7)
+    assert core.min() <= -1.0
+    assert core.max() >= 1.0
 
 
 def test_gate_qparams_cover_zero_to_one() -> None:
