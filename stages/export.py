@@ -22,7 +22,7 @@ from stages import MODEL_SOURCES
 class Export(Stage):
     kind = "export"
     version = 1
-    sources = ("export.py", "onnx", "caffe", "data", *MODEL_SOURCES)
+    sources = ("export.py", "fx_emit.py", "onnx", "caffe", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         if params.get("format") == "caffe":
@@ -109,16 +109,23 @@ def model_link(metrics: Mapping[str, Any]) -> str:
     return f"[`{name}`]({name})"
 
 
+def parity_sentence(runtime: str, metrics: Mapping[str, Any]) -> str:
+    """Return the parity verdict against PyTorch in ``runtime``, with the largest differences, as one sentence."""
+    verdict = "passed" if metrics.get("passed") else "failed"
+    return (
+        f"Parity with PyTorch in {runtime} {verdict} on {metrics.get('samples', 0)} samples: "
+        f"max abs diff {metrics.get('max_abs_diff', float('nan')):.3g}, "
+        f"max rel diff {metrics.get('max_rel_diff', float('nan')):.3g}."
+    )
+
+
 def _onnx_section(name: str, metrics: Mapping[str, Any]) -> str:
     """Return the ONNX model's file and its onnxruntime parity result as Markdown."""
-    verdict = "passed" if metrics.get("passed") else "failed"
     lines = [
         f"## Export: {name}",
         "",
         f"{metrics.get('precision', '?')} {metrics.get('format', 'onnx')} model {model_link(metrics)} "
-        f"(opset {metrics.get('opset', '?')}). Parity with PyTorch in onnxruntime {verdict} "
-        f"on {metrics.get('samples', 0)} samples: max abs diff {metrics.get('max_abs_diff', float('nan')):.3g}, "
-        f"max rel diff {metrics.get('max_rel_diff', float('nan')):.3g}.",
+        f"(opset {metrics.get('opset', '?')}). " + parity_sentence("onnxruntime", metrics),
     ]
     if "within_one_step_pct" in metrics:
         lines.append(

@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.fx
-from torch.fx.passes.shape_prop import ShapeProp
 
 from stages.caffe import registry
 from stages.caffe.proto import caffe_pb2
+from stages.fx_emit import RecordingShapeProp, claim_name
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,6 @@ _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 
 class EmitError(Exception):
     """The graph contains a node the exporter cannot map to Caffe."""
-
-
-class _RecordingShapeProp(ShapeProp):
-    """ShapeProp that also keeps the value of every node that is not a tensor."""
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        result = super().run_node(n)
-        if "tensor_meta" not in n.meta:
-            n.meta["constant_value"] = result
-        return result
 
 
 @dataclass
@@ -84,11 +74,11 @@ class CaffeGraph:
 
     def blob_name(self, node: torch.fx.Node) -> str:
         """Return an unused blob name for the node's value."""
-        return _claim(self.taken_blobs, self.blob_names.get(node.name, node.name))
+        return claim_name(self.taken_blobs, self.blob_names.get(node.name, node.name))
 
     def aux_blob(self, node: torch.fx.Node, suffix: str) -> str:
         """Return an unused blob name for a value between the layers of one node."""
-        return _claim(self.taken_blobs, f"{node.name}/{suffix}")
+        return claim_name(self.taken_blobs, f"{node.name}/{suffix}")
 
     def add_layer(
         self,
@@ -101,7 +91,7 @@ class CaffeGraph:
     ) -> Any:
         """Append a layer; ``params`` map a LayerParameter field (``pooling_param``) to its values."""
         layer = self.net.layer.add()
-        layer.name = _claim(self.taken_layers, name)
+        layer.name = claim_name(self.taken_layers, name)
         layer.type = layer_type
         layer.bottom.extend(bottoms)
         layer.top.extend(tops)
@@ -161,16 +151,6 @@ class CaffeGraph:
         return self.graph_module.get_submodule(str(node.target))
 
 
-def _claim(names: set[str], base: str) -> str:
-    name = base
-    index = 1
-    while name in names:
-        name = f"{base}_{index}"
-        index += 1
-    names.add(name)
-    return name
-
-
 def _fill(message: Any, values: dict[str, Any]) -> None:
     """Set the fields of a protobuf message from a dict (lists fill repeated fields)."""
     for key, value in values.items():
@@ -215,13 +195,6 @@ def blob_bytes(array: np.ndarray | torch.Tensor) -> bytes:
     return _SHAPE_TAG + _varint(len(shape)) + shape + _DATA_TAG + _varint(len(payload)) + payload
 
 
-def argument(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
-    """Return a call's argument by position or keyword."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 def build_net(
     graph_module: torch.fx.GraphModule,
     example_input: torch.Tensor,
@@ -248,7 +221,7 @@ def build_net(
     from stages.caffe import ops_activation, ops_conv, ops_elementwise, ops_linear, ops_pool, ops_resize, ops_shape  # noqa: F401
 
     with torch.no_grad():
-        _RecordingShapeProp(graph_module).propagate(example_input)
+        RecordingShapeProp(graph_module).propagate(example_input)
 
     pb = caffe_pb2()
     graph = CaffeGraph(
@@ -284,23 +257,13 @@ def _emit_node(graph: CaffeGraph, node: torch.fx.Node) -> None:
     if node.op == "get_attr":
         raise unsupported(graph, node, "a tensor attribute used directly in forward() has no Caffe layer")
 
-    handler = _find_handler(graph, node)
+    module = graph.module(node) if node.op == "call_module" else None
+    handler = registry.HANDLERS.find(node, module)
     if handler is None:
         raise unsupported(graph, node, "it has no Caffe mapping")
-    module = graph.module(node) if node.op == "call_module" else None
     handler(graph, node, module)
     if node.name not in graph.values and node.name not in graph.tuples and node.name not in graph.constants:
         raise EmitError(f"Caffe export: the mapping of node '{node.name}' bound no output")
-
-
-def _find_handler(graph: CaffeGraph, node: torch.fx.Node) -> registry.Handler | None:
-    if node.op == "call_module":
-        return registry.module_handler(graph.module(node))
-    if node.op == "call_function":
-        return registry.FUNCTION_HANDLERS.get(node.target)
-    if node.op == "call_method":
-        return registry.METHOD_HANDLERS.get(str(node.target))
-    return None
 
 
 def _check_outputs(graph: CaffeGraph, node: torch.fx.Node) -> None:

@@ -12,8 +12,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from stages.caffe.emitter import CaffeGraph, argument, unsupported
+from stages.caffe.emitter import CaffeGraph, unsupported
 from stages.caffe.registry import register_function, register_method, register_module
+from stages.fx_emit import argument
 
 # PyTorch's hardsigmoid is relu6(x + 3) / 6 = clip(x / 6 + 1/2, 0, 1).
 HARDSIGMOID_ALPHA = 1.0 / 6.0

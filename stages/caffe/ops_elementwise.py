@@ -16,8 +16,9 @@ import torch
 import torch.fx
 from torch import nn
 
-from stages.caffe.emitter import CaffeGraph, argument, unsupported
+from stages.caffe.emitter import CaffeGraph, unsupported
 from stages.caffe.registry import register_function, register_method
+from stages.fx_emit import argument
 
 BROADCAST_HINT = "operands must have one shape, or one of them must be a per-channel N x C x 1 x 1 vector (multiplication only)"
 

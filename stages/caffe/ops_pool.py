@@ -18,8 +18,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from stages.caffe.emitter import CaffeGraph, argument, unsupported
+from stages.caffe.emitter import CaffeGraph, unsupported
 from stages.caffe.registry import register_function, register_method, register_module
+from stages.fx_emit import argument
 
 
 def _pair(value: Any) -> list[int]:

@@ -16,8 +16,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from stages.caffe.emitter import CaffeGraph, argument, unsupported
+from stages.caffe.emitter import CaffeGraph, unsupported
 from stages.caffe.registry import register_function, register_module
+from stages.fx_emit import argument
 
 
 def _settings(graph: CaffeGraph, node: torch.fx.Node, module: nn.Module | None) -> dict[str, Any]:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from stages.fx_emit import HandlerRegistry
+
 if TYPE_CHECKING:
-    import torch
     import torch.fx
 
     from stages.caffe.emitter import CaffeGraph
 
 Handler = Callable[["CaffeGraph", "torch.fx.Node", Any], None]
 
-MODULE_HANDLERS: dict[type, Handler] = {}
-FUNCTION_HANDLERS: dict[Any, Handler] = {}
-METHOD_HANDLERS: dict[str, Handler] = {}
+HANDLERS: HandlerRegistry[Handler] = HandlerRegistry()
+register_module = HANDLERS.register_module
+register_function = HANDLERS.register_function
+register_method = HANDLERS.register_method
 
 # Ops without a Caffe layer in this build (matched without case: GELU and F.gelu), and what to use instead.
 KNOWN_ALTERNATIVES: dict[str, str] = {
@@ -34,57 +36,16 @@ KNOWN_ALTERNATIVES: dict[str, str] = {
 }
 
 
-def register_module(*classes: type) -> Callable[[Handler], Handler]:
-    """Register a handler for ``call_module`` nodes of these module classes."""
-
-    def decorate(handler: Handler) -> Handler:
-        for cls in classes:
-            MODULE_HANDLERS[cls] = handler
-        return handler
-
-    return decorate
-
-
-def register_function(*targets: Any) -> Callable[[Handler], Handler]:
-    """Register a handler for ``call_function`` nodes with these targets."""
-
-    def decorate(handler: Handler) -> Handler:
-        for target in targets:
-            FUNCTION_HANDLERS[target] = handler
-        return handler
-
-    return decorate
-
-
-def register_method(*names: str) -> Callable[[Handler], Handler]:
-    """Register a handler for ``call_method`` nodes with these method names."""
-
-    def decorate(handler: Handler) -> Handler:
-        for name in names:
-            METHOD_HANDLERS[name] = handler
-        return handler
-
-    return decorate
-
-
-def module_handler(module: "torch.nn.Module") -> Handler | None:
-    """Return the handler of the module's class or of its nearest registered base class."""
-    for cls in type(module).__mro__:
-        if cls in MODULE_HANDLERS:
-            return MODULE_HANDLERS[cls]
-    return None
-
-
 def alternatives(node_op: str, op: str) -> str:
     """Say what to use instead of an unsupported op, and list the supported ones of its kind."""
     short = op.rsplit(".", 1)[-1].lower()
     specific = next((text for name, text in KNOWN_ALTERNATIVES.items() if name.lower() == short), None)
     if node_op == "call_module":
-        names = sorted({cls.__name__ for cls in MODULE_HANDLERS})
+        names = sorted({cls.__name__ for cls in HANDLERS.modules})
         listing = f"supported modules: {', '.join(names)}"
     elif node_op == "call_function":
-        names = sorted({getattr(target, "__name__", str(target)) for target in FUNCTION_HANDLERS})
+        names = sorted({getattr(target, "__name__", str(target)) for target in HANDLERS.functions})
         listing = f"supported functions: {', '.join(names)}"
     else:
-        listing = f"supported Tensor methods: {', '.join(sorted(METHOD_HANDLERS))}"
+        listing = f"supported Tensor methods: {', '.join(sorted(HANDLERS.methods))}"
     return f"{specific}; {listing}" if specific else f"replace it with one of the supported ops ({listing})"

@@ -23,8 +23,8 @@ import onnx.helper
 import onnx.numpy_helper
 import torch
 import torch.fx
-from torch.fx.passes.shape_prop import ShapeProp
 
+from stages.fx_emit import RecordingShapeProp, claim_name
 from stages.onnx import registry
 
 log = logging.getLogger(__name__)
@@ -49,16 +49,6 @@ TORCH_TO_ONNX_DTYPE = {
 
 class EmitError(Exception):
     """The graph contains a node the exporter cannot map to ONNX."""
-
-
-class _RecordingShapeProp(ShapeProp):
-    """ShapeProp that also keeps the value of every node that is not a tensor."""
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        result = super().run_node(n)
-        if "tensor_meta" not in n.meta:
-            n.meta["constant_value"] = result
-        return result
 
 
 @dataclass
@@ -90,7 +80,7 @@ class OnnxGraph:
 
     def unique_name(self, base: str) -> str:
         """Return an unused tensor name starting with ``base``."""
-        return _claim(self.tensor_names, base)
+        return claim_name(self.tensor_names, base)
 
     def add_node(
         self,
@@ -100,7 +90,7 @@ class OnnxGraph:
         name: str,
         **attributes: Any,
     ) -> onnx.NodeProto:
-        node = onnx.helper.make_node(op_type, list(inputs), list(outputs), name=_claim(self.node_names, name), **attributes)
+        node = onnx.helper.make_node(op_type, list(inputs), list(outputs), name=claim_name(self.node_names, name), **attributes)
         self.nodes.append(node)
         return node
 
@@ -187,23 +177,6 @@ class OnnxGraph:
         return self.graph_module.get_submodule(node.target)
 
 
-def _claim(names: set[str], base: str) -> str:
-    name = base
-    index = 1
-    while name in names:
-        name = f"{base}_{index}"
-        index += 1
-    names.add(name)
-    return name
-
-
-def argument(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
-    """Return a call's argument by position or keyword."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 def export_graph_module(
     graph_module: torch.fx.GraphModule,
     example_input: torch.Tensor | Sequence[torch.Tensor],
@@ -243,7 +216,7 @@ def export_graph_module(
 
     examples = [example_input] if isinstance(example_input, torch.Tensor) else list(example_input)
     with torch.no_grad():
-        _RecordingShapeProp(graph_module).propagate(*examples)
+        RecordingShapeProp(graph_module).propagate(*examples)
 
     graph = OnnxGraph(graph_module, opset, dynamic_batch)
     for node in graph_module.graph.nodes:
@@ -279,26 +252,16 @@ def _emit_node(graph: OnnxGraph, node: torch.fx.Node) -> None:
         graph.bind(node, graph.add_tensor_initializer(node.name, attribute))
         return
 
-    handler = _find_handler(graph, node)
+    module = graph.module(node) if node.op == "call_module" else None
+    handler = registry.HANDLERS.find(node, module)
     if handler is None:
         raise EmitError(
             f"ONNX export: node '{node.name}' ({node.op} {_target_name(graph, node)}) has no ONNX mapping; "
             f"add one to the matching stages/onnx/ops_*.py, or keep the module out of the model"
         )
-    module = graph.module(node) if node.op == "call_module" else None
     handler(graph, node, module)
     if node.name not in graph.values and node.name not in graph.constants and node.name not in graph.sequences:
         raise EmitError(f"ONNX export: the mapping of node '{node.name}' bound no output")
-
-
-def _find_handler(graph: OnnxGraph, node: torch.fx.Node) -> registry.Handler | None:
-    if node.op == "call_module":
-        return registry.module_handler(graph.module(node))
-    if node.op == "call_function":
-        return registry.FUNCTION_HANDLERS.get(node.target)
-    if node.op == "call_method":
-        return registry.METHOD_HANDLERS.get(str(node.target))
-    return None
 
 
 def _target_name(graph: OnnxGraph, node: torch.fx.Node) -> str:

@@ -9,7 +9,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from stages.onnx.emitter import OnnxGraph, argument
+from stages.fx_emit import argument
+from stages.onnx.emitter import OnnxGraph
 from stages.onnx.registry import register_function, register_method, register_module
 
 # The first ONNX opset that has the operator.

@@ -18,7 +18,8 @@ import torch.fx
 from torch import nn
 from torchvision.models import swin_transformer
 
-from stages.onnx.emitter import EmitError, OnnxGraph, _fetch_attribute, argument
+from stages.fx_emit import argument
+from stages.onnx.emitter import EmitError, OnnxGraph, _fetch_attribute
 from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET, roll
 from stages.onnx.registry import register_function, register_module
 from stages.tracing import window_attention

@@ -8,7 +8,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from stages.onnx.emitter import EmitError, OnnxGraph, argument
+from stages.fx_emit import argument
+from stages.onnx.emitter import EmitError, OnnxGraph
 from stages.onnx.registry import register_function, register_method
 
 BINARY_OPS = {

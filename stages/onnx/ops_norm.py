@@ -14,7 +14,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from stages.onnx.emitter import OnnxGraph, argument
+from stages.fx_emit import argument
+from stages.onnx.emitter import OnnxGraph
 from stages.onnx.ops_shape import REDUCE_AXES_INPUT_OPSET
 from stages.onnx.registry import register_function, register_module
 

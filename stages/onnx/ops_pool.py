@@ -10,7 +10,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from stages.onnx.emitter import EmitError, OnnxGraph, argument
+from stages.fx_emit import argument
+from stages.onnx.emitter import EmitError, OnnxGraph
 from stages.onnx.registry import register_function, register_module
 
 

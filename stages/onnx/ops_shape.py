@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import torchvision.ops as torchvision_ops
 from torch import nn
 
-from stages.onnx.emitter import EmitError, OnnxGraph, argument
+from stages.fx_emit import argument
+from stages.onnx.emitter import EmitError, OnnxGraph
 from stages.onnx.registry import register_function, register_method, register_module
 
 # ReduceMean takes its axes as an input from this opset on, not as an attribute.

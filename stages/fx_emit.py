@@ -1,0 +1,103 @@
+"""Graph-walk pieces shared by the ONNX and Caffe exporters.
+
+Each exporter keeps a :class:`HandlerRegistry`: tables from fx node targets
+(module class, function, Tensor method name) to the handler that emits the
+node. Op-family modules register their handlers with its decorators when
+they are imported. :class:`RecordingShapeProp` runs the example input
+through the graph and keeps the values of nodes that are not tensors
+(``x.size(0)``), which the exporters fold into constants.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, TypeVar
+
+import torch
+import torch.fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+Handler = TypeVar("Handler", bound=Callable[..., None])
+
+
+class HandlerRegistry(Generic[Handler]):
+    """Handlers by ``call_module`` class, ``call_function`` target and ``call_method`` name."""
+
+    def __init__(self) -> None:
+        self.modules: dict[type, Handler] = {}
+        self.functions: dict[Any, Handler] = {}
+        self.methods: dict[str, Handler] = {}
+
+    def register_module(self, *classes: type) -> Callable[[Handler], Handler]:
+        """Register a handler for ``call_module`` nodes of these module classes."""
+
+        def decorate(handler: Handler) -> Handler:
+            for cls in classes:
+                self.modules[cls] = handler
+            return handler
+
+        return decorate
+
+    def register_function(self, *targets: Any) -> Callable[[Handler], Handler]:
+        """Register a handler for ``call_function`` nodes with these targets."""
+
+        def decorate(handler: Handler) -> Handler:
+            for target in targets:
+                self.functions[target] = handler
+            return handler
+
+        return decorate
+
+    def register_method(self, *names: str) -> Callable[[Handler], Handler]:
+        """Register a handler for ``call_method`` nodes with these method names."""
+
+        def decorate(handler: Handler) -> Handler:
+            for name in names:
+                self.methods[name] = handler
+            return handler
+
+        return decorate
+
+    def module_handler(self, module: torch.nn.Module) -> Handler | None:
+        """Return the handler of the module's class or of its nearest registered base class."""
+        for cls in type(module).__mro__:
+            if cls in self.modules:
+                return self.modules[cls]
+        return None
+
+    def find(self, node: torch.fx.Node, module: torch.nn.Module | None) -> Handler | None:
+        """Return the handler of a call node (``module``: the called module of a ``call_module`` node)."""
+        if node.op == "call_module" and module is not None:
+            return self.module_handler(module)
+        if node.op == "call_function":
+            return self.functions.get(node.target)
+        if node.op == "call_method":
+            return self.methods.get(str(node.target))
+        return None
+
+
+class RecordingShapeProp(ShapeProp):
+    """ShapeProp that also keeps the value of every node that is not a tensor, as ``meta["constant_value"]``."""
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        if "tensor_meta" not in n.meta:
+            n.meta["constant_value"] = result
+        return result
+
+
+def claim_name(names: set[str], base: str) -> str:
+    """Return ``base``, or ``base_1``, ``base_2`` ... when taken, and add it to ``names``."""
+    name = base
+    index = 1
+    while name in names:
+        name = f"{base}_{index}"
+        index += 1
+    names.add(name)
+    return name
+
+
+def argument(node: torch.fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Return a call's argument by position or keyword."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
