@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stages.profiling.workers import worker_env
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,7 @@ def peak_memory(runtime: str, model_path: Path, input_shape: list[int], threads:
     if not STATUS.exists() or not CLEAR_REFS.exists():
         return None
 
-    package_root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root), str(root), os.environ.get("PYTHONPATH")]))}
+    env = worker_env(root)
     command = [
         sys.executable, "-m", "stages.profiling.memory", runtime, str(model_path),
         "--shape", ",".join(str(size) for size in input_shape), "--threads", str(threads), "--runs", str(runs),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import onnxruntime
 
 from stages.onnx.session import DISABLED_OPTIMIZERS, PROVIDERS, session_options
 from stages.profiling.stats import Latency
+from stages.profiling.workers import worker_env
 
 # Suffix onnxruntime's profiler adds to each node's kernel event name.
 KERNEL_SUFFIX = "_kernel_time"
@@ -152,8 +152,7 @@ def time_onnx_rounds(
 
 def _time_in_fresh_process(path: Path, batch_size: int, threads: int, warmup: int, repeats: int) -> list[float]:
     """Return the seconds of ``repeats`` timed runs of one session in a new Python process."""
-    package_root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(package_root), os.environ.get("PYTHONPATH")]))}
+    env = worker_env()
     request = {"path": str(path), "batch_size": batch_size, "threads": threads, "warmup": warmup, "repeats": repeats}
     command = [sys.executable, "-m", "stages.profiling.onnx_timing", json.dumps(request)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=WORKER_TIMEOUT_S)
