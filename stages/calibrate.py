@@ -8,37 +8,24 @@ value: min, max, clip range, scale and zero point).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.contract import Input, Output, Stage, StageContext, StageResult
+from pipeline.contract import Input, Output, StageContext, StageResult
 from pipeline.errors import StageError
 from stages import MODEL_SOURCES
+from stages.dataset_stage import DatasetStage
 
 
-class Calibrate(Stage):
+class Calibrate(DatasetStage):
     kind = "calibrate"
     version = 1
-    sources = ("calibrate.py", "data", *MODEL_SOURCES)
+    sources = ("calibrate.py", "dataset_stage.py", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("observed_model", "observed_model"),)
 
     def outputs(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
         return (Output("calibration", "calibration"),)
-
-    def packages(self, params: Mapping[str, Any]) -> tuple[str, ...]:
-        # The data set's source is not known from params alone, so every
-        # package a source may read is listed.
-        return ("torch", "numpy", "scikit-learn", "torchvision", "pillow", "scikit-image", "matplotlib")
-
-    def config(self, params: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
-        return {"data": pipeline["data"][params["data"]]}
-
-    def files(self, params: Mapping[str, Any], pipeline: Mapping[str, Any], root: Path) -> list[Path]:
-        from stages.data import dataset_files
-
-        return dataset_files(pipeline["data"][params["data"]], root, params["data"])
 
     def run(self, ctx: StageContext) -> StageResult:
         from stages.artifacts import load_model, write_json

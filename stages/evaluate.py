@@ -9,40 +9,27 @@ percent of samples.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.contract import Input, Output, Stage, StageContext, StageResult
+from pipeline.contract import Input, Output, StageContext, StageResult
 from pipeline.errors import StageError, StageFailed
 from stages import MODEL_SOURCES
+from stages.dataset_stage import DatasetStage
 
 PER_NODE_FILE = "per_node.json"
 CHART_FILE = "sqnr.png"
 
 
-class Evaluate(Stage):
+class Evaluate(DatasetStage):
     kind = "evaluate"
     version = 1
-    sources = ("evaluate.py", "evaluation", "data", *MODEL_SOURCES)
+    sources = ("evaluate.py", "dataset_stage.py", "evaluation", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("fp32_model", "fp32_model"), Input("int8_model", "int8_model"))
 
     def outputs(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
         return (Output("evaluation", "evaluation"),)
-
-    def packages(self, params: Mapping[str, Any]) -> tuple[str, ...]:
-        # The data set's source is not known from params alone, so every
-        # package a source may read is listed.
-        return ("torch", "numpy", "matplotlib", "scikit-learn", "torchvision", "pillow", "scikit-image")
-
-    def config(self, params: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
-        return {"data": pipeline["data"][params["data"]]}
-
-    def files(self, params: Mapping[str, Any], pipeline: Mapping[str, Any], root: Path) -> list[Path]:
-        from stages.data import dataset_files
-
-        return dataset_files(pipeline["data"][params["data"]], root, params["data"])
 
     def run(self, ctx: StageContext) -> StageResult:
         from stages.artifacts import load_model, write_json

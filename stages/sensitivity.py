@@ -8,40 +8,27 @@ after it binds to this qconfig, the nearest ancestor that produces one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
-from pipeline.contract import Input, Output, Stage, StageContext, StageResult
+from pipeline.contract import Input, Output, StageContext, StageResult
 from pipeline.errors import StageError
 from stages import MODEL_SOURCES
+from stages.dataset_stage import DatasetStage
 
 # Layers listed in the metrics, worst first.
 RANKING_IN_METRICS = 10
 
 
-class Sensitivity(Stage):
+class Sensitivity(DatasetStage):
     kind = "sensitivity"
     version = 1
-    sources = ("sensitivity.py", "data", *MODEL_SOURCES)
+    sources = ("sensitivity.py", "dataset_stage.py", "data", *MODEL_SOURCES)
 
     def inputs(self, params: Mapping[str, Any]) -> tuple[Input, ...]:
         return (Input("fp32_model", "fp32_model"), Input("qconfig", "qconfig"))
 
     def outputs(self, params: Mapping[str, Any]) -> tuple[Output, ...]:
         return (Output("qconfig", "qconfig"),)
-
-    def packages(self, params: Mapping[str, Any]) -> tuple[str, ...]:
-        # The data set's source is not known from params alone, so every
-        # package a source may read is listed.
-        return ("torch", "numpy", "scikit-learn", "torchvision", "pillow", "scikit-image", "matplotlib")
-
-    def config(self, params: Mapping[str, Any], pipeline: Mapping[str, Any]) -> dict[str, Any]:
-        return {"data": pipeline["data"][params["data"]]}
-
-    def files(self, params: Mapping[str, Any], pipeline: Mapping[str, Any], root: Path) -> list[Path]:
-        from stages.data import dataset_files
-
-        return dataset_files(pipeline["data"][params["data"]], root, params["data"])
 
     def run(self, ctx: StageContext) -> StageResult:
         from stages.artifacts import load_model, read_json, write_json
