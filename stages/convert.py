@@ -53,7 +53,7 @@ class Convert(Stage):
                 "dequantize_nodes": summary.dequantize_nodes,
             },
             message=(
-                f"{summary.quantized_nodes} int8 nodes, {summary.float_nodes} float nodes, "
+                f"{summary.quantized_nodes} int8 nodes (BatchNorm folded, ReLU fused), {summary.float_nodes} float nodes, "
                 f"{summary.quantize_nodes} Quantize, {summary.dequantize_nodes} Dequantize"
             ),
         )

@@ -47,7 +47,8 @@ class PrepareQconfig(Stage):
             metrics=metrics,
             message=(
                 f"{metrics['quantized_nodes']} nodes to quantize ({activation['dtype']} activations, "
-                f"{activation['observer']} observer), {metrics['skipped_nodes']} skipped, {metrics['float_nodes']} float"
+                f"{activation['observer']} observer), {metrics['skipped_nodes']} skipped, {metrics['float_nodes']} float; "
+                f"the count includes the BatchNorm, ReLU and shape nodes that later fold into their neighbours"
             ),
         )
 
