@@ -15,9 +15,13 @@ It also times the export of resnet50: our emitter against torch.onnx.export
 (the default exporter first; the TorchScript exporter, ``dynamo=False``,
 when the default fails, which the table says).
 
+Each model's three variants are timed in ``--rounds`` rounds, each variant
+in a fresh process, back to back within a round; the speed-ups are medians
+of the ratios within each round (see ``render``).
+
 Run: ``.venv/bin/python -m benchmarks.onnx_speed`` (resnet18 and mobilenet_v2
-at 224x224, about 1 minute on 2 cores), ``--all`` for the 17 classifiers (about 5 minutes),
-``--json`` for one JSON object instead of the table.
+at 224x224, about 1 minute on 2 cores), ``--all`` for the 17 classifiers
+(7 to 12 minutes), ``--json`` for one JSON object instead of the table.
 """
 
 from __future__ import annotations
