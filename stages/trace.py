@@ -17,6 +17,11 @@ from stages import MODEL_SOURCES
 CHECK_SEED = 0
 # Seed of the model's random initialization.
 INIT_SEED = 0
+# Largest difference between the traced and the original model's outputs,
+# relative to the output's largest magnitude, that counts as float rounding.
+TRACE_MAX_REL_DIFF = 1e-5
+# Absolute slack for outputs that are all (nearly) zero.
+TRACE_MIN_ABS_DIFF = 1e-8
 
 
 class Trace(Stage):
@@ -67,7 +72,7 @@ class Trace(Stage):
         try:
             graph_module = trace_model(model, ctx.params["leaf_modules"], ctx.params["concrete_args"], input_shape)
         except TraceFailure as exc:
-            raise StageError(f"stage '{ctx.stage_name}': {exc}") from exc
+            raise StageError(str(exc)) from exc
 
         max_abs_diff = _compare_outputs(model, graph_module, input_shape, ctx.stage_name)
         node_count = len(graph_module.graph.nodes)
@@ -82,8 +87,10 @@ class Trace(Stage):
 def _compare_outputs(model: Any, graph_module: Any, input_shape: list[int], stage_name: str) -> float:
     """Run both models on one random input and return the max abs difference.
 
-    Raises StageFailed when the outputs differ beyond ``torch.allclose``'s
-    default tolerance, because then the trace does not compute the model.
+    Raises StageFailed when an output's max abs difference exceeds
+    TRACE_MAX_REL_DIFF times its largest magnitude, because then the trace
+    does not compute the model. Differences within that bound are float
+    rounding: the attention inliners reorder a few products.
     """
     import torch
     from torch.utils._pytree import tree_flatten
@@ -91,13 +98,18 @@ def _compare_outputs(model: Any, graph_module: Any, input_shape: list[int], stag
     generator = torch.Generator().manual_seed(CHECK_SEED)
     example = torch.randn(input_shape, generator=generator)
     with torch.no_grad():
-        expected, _ = tree_flatten(model(example))
+        try:
+            expected, _ = tree_flatten(model(example))
+        except Exception as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StageError(
+                f"the model failed on a random input of model.input_shape {input_shape}: {reason}; "
+                f"set model.input_shape to the shape the model takes, batch first"
+            ) from exc
         actual, _ = tree_flatten(graph_module(example))
 
     if len(expected) != len(actual):
-        raise StageFailed(
-            f"stage '{stage_name}': traced model returns {len(actual)} values, the model {len(expected)}",
-        )
+        raise StageFailed(f"traced model returns {len(actual)} values, the model {len(expected)}")
 
     max_abs_diff = 0.0
     close = True
@@ -105,14 +117,16 @@ def _compare_outputs(model: Any, graph_module: Any, input_shape: list[int], stag
         if not isinstance(want, torch.Tensor):
             close = close and want == got
             continue
-        max_abs_diff = max(max_abs_diff, (want.float() - got.float()).abs().max().item())
-        close = close and torch.allclose(want, got)
+        difference = (want.float() - got.float()).abs().max().item() if want.numel() else 0.0
+        max_abs_diff = max(max_abs_diff, difference)
+        magnitude = want.float().abs().max().item() if want.numel() else 0.0
+        close = close and difference <= TRACE_MAX_REL_DIFF * magnitude + TRACE_MIN_ABS_DIFF
 
     if not close:
         raise StageFailed(
-            f"stage '{stage_name}': traced model differs from the model on a random input "
-            f"(max_abs_diff={max_abs_diff:.3g}); the forward likely depends on Python state that tracing froze, "
-            f"add that module to leaf_modules",
+            f"traced model differs from the model on a random input (max_abs_diff={max_abs_diff:.3g}); "
+            f"the forward of some module likely reads Python state (a flag, a counter, a tensor's value) "
+            f"that tracing froze: list that module in this stage's leaf_modules param",
             {"max_abs_diff": max_abs_diff},
         )
     return max_abs_diff

@@ -112,3 +112,23 @@ def test_trace_with_leaf_modules_param(root: Path) -> None:
     graph_module = load_model(ctx.outputs["fp32_model"], root)
     assert any(node.op == "call_module" and node.target == "act" for node in graph_module.graph.nodes)
     assert result.metrics["max_abs_diff"] == 0.0
+
+
+def test_trace_accepts_swin_rounding(root: Path) -> None:
+    """Swin's inlined window attention reorders products: the check takes that float rounding."""
+    model_spec = {"source": "torchvision:swin_t", "input_shape": [1, 3, 64, 64]}
+
+    result = Trace().run(make_context(root, model_spec))
+
+    assert 0.0 < result.metrics["max_abs_diff"] < 1e-4
+
+
+def test_trace_names_input_shape_on_failure(root: Path) -> None:
+    model_spec = {"source": "user_net:Net", "input_shape": [1, 1, 6, 6]}
+
+    with pytest.raises(StageError) as failure:
+        Trace().run(make_context(root, model_spec))
+
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "model.input_shape [1, 1, 6, 6]" in message
