@@ -130,9 +130,16 @@ def _onnx_section(name: str, metrics: Mapping[str, Any]) -> str:
     if "within_one_step_pct" in metrics:
         lines.append(
             f"Outputs within one quantization step of the PyTorch int8 model: {metrics['within_one_step_pct']:.2f}%; "
-            f"int8 kernels: {metrics.get('int8_kernels', '?')}."
+            f"int8 kernels: {metrics.get('int8_kernels', '?')}; "
+            f"float ops left in onnxruntime's optimized graph: {_op_counts(metrics.get('float_ops'))}."
         )
     return "\n".join(lines) + "\n"
+
+
+def _op_counts(ops: Mapping[str, int] | None) -> str:
+    if ops is None:
+        return "?"
+    return ", ".join(f"{op_type} {number}" for op_type, number in ops.items()) or "none"
 
 
 def _run_caffe(ctx: StageContext) -> StageResult:
@@ -140,7 +147,7 @@ def _run_caffe(ctx: StageContext) -> StageResult:
     params = ctx.params
     if params["precision"] != "fp32":
         raise StageError(
-            f"stage '{ctx.stage_name}': format caffe exports the fp32 model (precision: {params['precision']} given); "
+            f"format caffe exports the fp32 model (precision: {params['precision']} given); "
             f"set precision: fp32 and place the stage after calibrate for an int8 calibration table"
         )
     from stages.caffe.exporter import CALIBRATION_FILE, CONTRACT_FILE, MODEL_FILE, PROTOTXT_FILE, CaffeExportRequest, export_caffe

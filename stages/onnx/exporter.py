@@ -34,6 +34,7 @@ from stages.onnx.parity import (
     create_session,
     find_divergence,
     float_compute_nodes,
+    other_float_ops,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def export_onnx(request: ExportRequest) -> tuple[dict[str, Any], str]:
     try:
         model = export_graph_module(graph_module, example, request.opset, request.dynamic_batch, request.stage_name)
     except EmitError as exc:
-        raise StageError(f"stage '{request.stage_name}': {exc}") from exc
+        raise StageError(str(exc)) from exc
     contract = build_input_contract(model, request.precision, request.dataset_spec)
     attach_contract(model, contract)
 
@@ -140,7 +141,7 @@ def _check_and_compare(
         onnx.checker.check_model(str(model_path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         detail = " ".join(str(exc).split())
-        raise StageError(f"stage '{request.stage_name}': the emitted ONNX model is invalid: {detail}") from exc
+        raise StageError(f"the emitted ONNX model is invalid: {detail}") from exc
 
     inputs = _parity_inputs(request, input_shape)
     batches = chunk_inputs(inputs, None if request.dynamic_batch else input_shape[0])
@@ -161,6 +162,7 @@ def _check_and_compare(
         int8_kernels, histogram = count_int8_kernels(model_path, request.output_dir)
         metrics["int8_kernels"] = int8_kernels
         metrics["float_compute_nodes"] = float_compute_nodes(histogram)
+        metrics["float_ops"] = other_float_ops(histogram)
         metrics["within_one_step_pct"] = comparison.within_one_step_pct
 
     passed, verdict = _gate(request, comparison.max_rel_diff, comparison.within_one_step_pct)
@@ -178,9 +180,10 @@ def _check_and_compare(
         raise StageFailed(f"accuracy test failed: {verdict}; {where}", metrics)
     message = f"accuracy test passed: {verdict}"
     if request.precision == "int8":
+        float_ops = ", ".join(f"{op_type} {number}" for op_type, number in metrics["float_ops"].items()) or "none"
         message += (
             f"; onnxruntime's optimized graph runs {metrics['int8_kernels']} int8 kernels "
-            f"and {metrics['float_compute_nodes']} float compute nodes"
+            f"({metrics['float_compute_nodes']} Conv, Gemm, MatMul or Add left in float; other float ops: {float_ops})"
         )
     return metrics, message
 
@@ -237,10 +240,10 @@ def _parity_inputs(request: ExportRequest, input_shape: list[int]) -> np.ndarray
     dataset = load_dataset(request.dataset_spec, request.root, request.dataset_name)
     if list(dataset.sample_shape) != input_shape[1:]:
         raise StageError(
-            f"stage '{request.stage_name}': data set '{request.dataset_name}' has samples of shape "
+            f"data set '{request.dataset_name}' has samples of shape "
             f"{list(dataset.sample_shape)}, the model expects {input_shape[1:]} (model.input_shape without the batch); "
             f"set image_size or choose a matching data set"
         )
     if len(dataset) == 0:
-        raise StageError(f"stage '{request.stage_name}': data set '{request.dataset_name}' is empty")
+        raise StageError(f"data set '{request.dataset_name}' is empty")
     return np.ascontiguousarray(dataset.inputs[: request.samples], dtype=np.float32)

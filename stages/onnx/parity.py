@@ -32,6 +32,12 @@ INT8_KERNEL_PREFIXES = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "Dyn
 # Float op types of onnxruntime's optimized graph that an int8 model should not keep:
 # the compute an int8 kernel replaces (the Fused* forms carry a fused activation).
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "Add"})
+# Op types that move or reshape data, or convert between float and integers:
+# they do no arithmetic that an int8 kernel could take over.
+DATA_MOVEMENT_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Flatten",
+    "Squeeze", "Unsqueeze", "Identity", "Shape", "Cast", "Expand", "Pad", "MaxPool",
+})  # fmt: skip
 # Relative slack on "one step": dequantized values carry float32 rounding.
 STEP_SLACK = 1e-3
 
@@ -235,6 +241,15 @@ def count_int8_kernels(model: onnx.ModelProto | Path, work_dir: Path) -> tuple[i
 def float_compute_nodes(histogram: dict[str, int]) -> int:
     """Count the Conv, Gemm, MatMul and Add nodes (and their fused forms) left in float."""
     return sum(number for op_type, number in histogram.items() if op_type in FLOAT_COMPUTE_OPS)
+
+
+def other_float_ops(histogram: dict[str, int]) -> dict[str, int]:
+    """Return the op types (with counts) that are neither int8 kernels nor data movement: the arithmetic left in float."""
+    return {
+        op_type: number
+        for op_type, number in histogram.items()
+        if not op_type.startswith(INT8_KERNEL_PREFIXES) and op_type not in DATA_MOVEMENT_OPS
+    }
 
 
 def optimized_histogram(model: onnx.ModelProto | Path, work_dir: Path) -> dict[str, int]:

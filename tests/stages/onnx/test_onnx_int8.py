@@ -21,6 +21,7 @@ from stages.onnx.parity import (
     find_divergence,
     kernel_signature,
     optimized_graph,
+    other_float_ops,
 )
 from stages.quant.modules import Dequantize
 
@@ -222,6 +223,7 @@ def test_gated_activations_use_qlinearmul(tmp_path: Path) -> None:
     assert "Div" not in histogram
     assert "Add" not in histogram
     assert "Mul" not in histogram
+    assert other_float_ops(histogram) == {"Erf": 1, "HardSigmoid": 1}
 
     steps = output_quantization_steps(int8)
     comparison = compare_outputs(create_session(model), int8, chunk_inputs(inputs.numpy(), 1), steps)
