@@ -44,7 +44,7 @@ class Calibrate(DatasetStage):
             summary = calibrate(observed, inputs, max_batches, tick)
             table = calibration_table(observed)
         except (ValueError, TypeError, RuntimeError) as exc:
-            raise StageError(f"stage '{ctx.stage_name}': calibration on data set '{data_name}' failed: {exc}") from exc
+            raise StageError(f"calibration on data set '{data_name}' failed: {exc}") from exc
 
         folder = ctx.outputs["calibration"]
         save_stats(collect_stats(observed), folder)

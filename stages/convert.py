@@ -42,7 +42,7 @@ class Convert(Stage):
             load_calibration(observed, load_stats(ctx.inputs["calibration"]))
             int8_model, summary = convert(observed)
         except ValueError as exc:
-            raise StageError(f"stage '{ctx.stage_name}': {exc}") from exc
+            raise StageError(str(exc)) from exc
 
         save_model(int8_model, ctx.outputs["int8_model"], meta={"input_shape": meta["input_shape"]})
         return StageResult(
@@ -53,7 +53,7 @@ class Convert(Stage):
                 "dequantize_nodes": summary.dequantize_nodes,
             },
             message=(
-                f"{summary.quantized_nodes} int8 nodes (BatchNorm folded, ReLU fused), {summary.float_nodes} float nodes, "
+                f"{summary.quantized_nodes} int8 nodes, {summary.float_nodes} float nodes, "
                 f"{summary.quantize_nodes} Quantize, {summary.dequantize_nodes} Dequantize"
             ),
         )

@@ -48,7 +48,7 @@ class Evaluate(DatasetStage):
         try:
             comparison = compare_models(fp32_model, int8_model, dataset, max_batches, ctx.progress("evaluate", batch_count))
         except (ValueError, TypeError) as exc:
-            raise StageError(f"stage '{ctx.stage_name}': cannot compare the models on data set '{data_name}': {exc}") from exc
+            raise StageError(f"cannot compare the models on data set '{data_name}': {exc}") from exc
 
         folder = ctx.outputs["evaluation"]
         write_json(folder / PER_NODE_FILE, per_node_document(comparison))

@@ -39,7 +39,7 @@ class InsertObservers(Stage):
         try:
             observed, summary = insert_observers(fp32, qconfig)
         except ValueError as exc:
-            raise StageError(f"stage '{ctx.stage_name}': {exc}") from exc
+            raise StageError(str(exc)) from exc
 
         save_model(observed, ctx.outputs["observed_model"], meta={"input_shape": meta["input_shape"]})
         return StageResult(

@@ -37,7 +37,7 @@ class PrepareQconfig(Stage):
         try:
             qconfig = build_qconfig(fp32, input_shape, dict(ctx.params))
         except ValueError as exc:
-            raise StageError(f"stage '{ctx.stage_name}': {exc}") from exc
+            raise StageError(str(exc)) from exc
 
         write_json(ctx.outputs["qconfig"] / QCONFIG_FILE, qconfig)
         metrics: dict[str, Any] = summarize(qconfig)

@@ -91,7 +91,7 @@ class Profile(Stage):
         try:
             latencies = time_onnx_models({export.stage: export.path for export in exports}, params["batch_size"], *timing)
         except InputShapeError as exc:
-            raise StageError(f"stage '{ctx.stage_name}': cannot time export {exc}") from exc
+            raise StageError(f"cannot time export {exc}") from exc
         for export in exports:
             latency = latencies[export.stage]
             nodes = profile_onnx_nodes(export.path, params["batch_size"], *timing) if params["top_nodes"] else []

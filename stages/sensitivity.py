@@ -48,7 +48,7 @@ class Sensitivity(DatasetStage):
         try:
             new_qconfig, result = analyze(fp32, qconfig, batches, metric, budget, ctx.params["max_skipped"], tick)
         except (ValueError, RuntimeError) as exc:
-            raise StageError(f"stage '{ctx.stage_name}': sensitivity analysis on data set '{data_name}' failed: {exc}") from exc
+            raise StageError(f"sensitivity analysis on data set '{data_name}' failed: {exc}") from exc
 
         write_json(ctx.outputs["qconfig"] / QCONFIG_FILE, new_qconfig)
         unit = "dB" if metric == "sqnr" else "%"

@@ -76,11 +76,10 @@ def export_caffe(request: CaffeExportRequest) -> tuple[dict[str, Any], str]:
             mapping, or the Caffe process crashed.
         StageFailed: the parity gate failed; nothing is written.
     """
-    where = f"stage '{request.stage_name}'"
     try:
         probe_caffe()
     except CaffeMissing as exc:
-        raise StageError(f"{where}: {exc}") from exc
+        raise StageError(str(exc)) from exc
 
     graph_module = load_model(request.model_dir, request.root)
     meta = load_meta(request.model_dir)
@@ -91,7 +90,7 @@ def export_caffe(request: CaffeExportRequest) -> tuple[dict[str, Any], str]:
     try:
         graph = build_net(emitted, example, request.stage_name, blob_names, meta.get("source"))
     except EmitError as exc:
-        raise StageError(f"{where}: {exc}") from exc
+        raise StageError(str(exc)) from exc
 
     batch_size = input_shape[0]
     samples = _parity_inputs(request, input_shape)
@@ -131,9 +130,9 @@ def export_caffe(request: CaffeExportRequest) -> tuple[dict[str, Any], str]:
                 detail = divergence.describe() if divergence is not None else "no blob matches an fx node"
                 raise StageFailed(f"accuracy test failed: {verdict}; {detail}", metrics)
         except CaffeMissing as exc:
-            raise StageError(f"{where}: {exc}") from exc
+            raise StageError(str(exc)) from exc
         except CaffeCrash as exc:
-            raise StageError(f"{where}: pycaffe failed on the exported model: {exc}") from exc
+            raise StageError(f"pycaffe failed on the exported model: {exc}") from exc
 
         shutil.copyfile(prototxt, request.output_dir / PROTOTXT_FILE)
         shutil.copyfile(caffemodel, request.output_dir / MODEL_FILE)
@@ -214,10 +213,10 @@ def _parity_inputs(request: CaffeExportRequest, input_shape: list[int]) -> np.nd
     dataset = load_dataset(request.dataset_spec, request.root, request.dataset_name)
     if list(dataset.sample_shape) != input_shape[1:]:
         raise StageError(
-            f"stage '{request.stage_name}': data set '{request.dataset_name}' has samples of shape "
+            f"data set '{request.dataset_name}' has samples of shape "
             f"{list(dataset.sample_shape)}, the model expects {input_shape[1:]} (model.input_shape without the batch); "
             f"set image_size or choose a matching data set"
         )
     if len(dataset) == 0:
-        raise StageError(f"stage '{request.stage_name}': data set '{request.dataset_name}' is empty")
+        raise StageError(f"data set '{request.dataset_name}' is empty")
     return np.ascontiguousarray(dataset.inputs[: request.samples], dtype=np.float32)

@@ -201,7 +201,7 @@ def test_unsupported_op_stops_before_any_file(tmp_path: Path) -> None:
 
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("stage 'caffe': Caffe export: node 'gelu' (call_function torch._C._nn.gelu) at the forward of test:GeluNet (the tracer recorded no line numbers): it has no Caffe mapping; ")
+    assert message.startswith("Caffe export: node 'gelu' (call_function torch._C._nn.gelu) at the forward of test:GeluNet (the tracer recorded no line numbers): it has no Caffe mapping; ")
     assert "use ReLU, SiLU or Hardswish; supported functions: " in message
     assert list(ctx.outputs["export"].iterdir()) == []
 
