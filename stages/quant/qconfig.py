@@ -217,7 +217,8 @@ def summarize(qconfig: dict[str, Any]) -> dict[str, int]:
     return {
         "quantized_nodes": sum(1 for entry in entries if entry["quantize"]),
         "skipped_nodes": sum(1 for entry in entries if entry.get("skipped")),
-        "float_nodes": sum(1 for entry in entries if not entry["quantize"] and entry["pattern"] not in ("output",)),
+        # The same nodes describe_scheme lists as float: skipped nodes and graph inputs and attributes are not counted.
+        "float_nodes": sum(1 for entry in entries if entry["pattern"] == "float" and entry["op"] not in ("placeholder", "get_attr")),
     }
 
 

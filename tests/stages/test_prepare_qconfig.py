@@ -78,6 +78,8 @@ def test_prepare_qconfig_records_params_and_skip(tmp_path: Path) -> None:
     assert qconfig["nodes"]["fc"]["skipped"] is True
     assert qconfig["nodes"]["fc"]["quantize"] is False
     assert result.metrics["skipped_nodes"] == 1
+    # A skipped node is counted once, as skipped, not also as float.
+    assert result.metrics["float_nodes"] == len(result.metrics["float"])
 
 
 def test_prepare_qconfig_rejects_unknown_skip(tmp_path: Path) -> None:
