@@ -220,7 +220,10 @@ class _Run:
         if self.write_lock:
             result.lock_written = self._write_lock()
         elif self.options.overrides:
-            result.notes.append("lock file not updated: this run used --set overrides")
+            result.notes.append(
+                "lock file not updated: this run used --set overrides; the output folder now holds this run's files, "
+                "and a run without --set puts back the ones the lock file describes"
+            )
         if not self.options.dry_run:
             result.report = self._write_report()
             self._append_history(ordered)
