@@ -29,33 +29,15 @@ class HandlerRegistry(Generic[Handler]):
 
     def register_module(self, *classes: type) -> Callable[[Handler], Handler]:
         """Register a handler for ``call_module`` nodes of these module classes."""
-
-        def decorate(handler: Handler) -> Handler:
-            for cls in classes:
-                self.modules[cls] = handler
-            return handler
-
-        return decorate
+        return _registrar(self.modules, classes)
 
     def register_function(self, *targets: Any) -> Callable[[Handler], Handler]:
         """Register a handler for ``call_function`` nodes with these targets."""
-
-        def decorate(handler: Handler) -> Handler:
-            for target in targets:
-                self.functions[target] = handler
-            return handler
-
-        return decorate
+        return _registrar(self.functions, targets)
 
     def register_method(self, *names: str) -> Callable[[Handler], Handler]:
         """Register a handler for ``call_method`` nodes with these method names."""
-
-        def decorate(handler: Handler) -> Handler:
-            for name in names:
-                self.methods[name] = handler
-            return handler
-
-        return decorate
+        return _registrar(self.methods, names)
 
     def module_handler(self, module: torch.nn.Module) -> Handler | None:
         """Return the handler of the module's class or of its nearest registered base class."""
@@ -73,6 +55,17 @@ class HandlerRegistry(Generic[Handler]):
         if node.op == "call_method":
             return self.methods.get(str(node.target))
         return None
+
+
+def _registrar(table: dict[Any, Handler], keys: tuple[Any, ...]) -> Callable[[Handler], Handler]:
+    """Return a decorator that files its handler in ``table`` under each of ``keys``."""
+
+    def decorate(handler: Handler) -> Handler:
+        for key in keys:
+            table[key] = handler
+        return handler
+
+    return decorate
 
 
 class RecordingShapeProp(ShapeProp):
