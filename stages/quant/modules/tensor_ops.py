@@ -79,7 +79,7 @@ class QuantMaskedSoftmax(nn.Module):
     """Softmax over the last dim of uint8 scores plus an additive mask, per window.
 
     The float op is ``softmax(scores.view(-1, windows, H, L, L) + mask)``
-    with ``mask`` (windows, 1, L, L) holding 0 where a pair attends and a
+    with ``mask`` (windows, 1, L, L) set to 0 where a pair attends and to a
     large negative value (Swin's -100) where it does not. Quantizing the sum
     over its observed range would spend most of the 256 levels on the mask.
     So the sum gets the input's range extended down by :data:`MASK_MARGIN`.
@@ -109,9 +109,9 @@ class QuantMaskedSoftmax(nn.Module):
         if input_qparams.dtype != "uint8":
             raise ValueError("masked softmax is quantized for uint8 activations only")
         if mask.dim() != 4 or mask.shape[0] != windows or mask.shape[1] != 1:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} is not (windows={windows}, 1, L, L)")
+            raise ValueError(f"invalid mask shape {tuple(mask.shape)}: expected (windows={windows}, 1, L, L)")
         if float(mask.max()) != 0.0 or float(mask.min()) >= -MASK_MARGIN:
-            raise ValueError(f"mask is not 0 where pairs attend and at most -{MASK_MARGIN:g} elsewhere")
+            raise ValueError(f"invalid mask values: expected 0 where pairs attend and at most -{MASK_MARGIN:g} elsewhere")
         self.input_qparams = input_qparams
         self.output_qparams = output_qparams
         self.windows = int(windows)

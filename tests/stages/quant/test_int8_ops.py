@@ -141,7 +141,7 @@ def test_gelu_gate_reads_core_integers(qparams: QParams) -> None:
     levels = np.arange(module.core_qparams.qmin, module.core_qparams.qmax + 1)
     core = ref.dequantize(levels, module.core_qparams.scale, module.core_qparams.zero_point)
     gate = ref.dequantize(levels, module.gate_qparams.scale, module.gate_qparams.zero_point)
-    # float32(1/127) * 127 is 1 to within float32 rounding, so equal to that rounding.
+    # float32(1/127) * 127 differs from 1 by float32 rounding, so the two agree to within that rounding.
     np.testing.assert_allclose(gate, (1.0 + core) / 2.0, rtol=0, atol=1e-7)
     assert core.min() <= -1.0
     assert core.max() >= 1.0
