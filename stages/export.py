@@ -131,12 +131,13 @@ def _onnx_section(name: str, metrics: Mapping[str, Any]) -> str:
         lines.append(
             f"Outputs within one quantization step of the PyTorch int8 model: {metrics['within_one_step_pct']:.2f}%; "
             f"int8 kernels: {metrics.get('int8_kernels', '?')}; "
-            f"float ops left in onnxruntime's optimized graph: {_op_counts(metrics.get('float_ops'))}."
+            f"float ops left in onnxruntime's optimized graph: {op_counts(metrics.get('float_ops'))}."
         )
     return "\n".join(lines) + "\n"
 
 
-def _op_counts(ops: Mapping[str, int] | None) -> str:
+def op_counts(ops: Mapping[str, int] | None) -> str:
+    """Return op types with their counts as ``Erf 1, LayerNormalization 2``, "none" for none, "?" when unknown."""
     if ops is None:
         return "?"
     return ", ".join(f"{op_type} {number}" for op_type, number in ops.items()) or "none"

@@ -25,6 +25,7 @@ import torch
 
 from pipeline.errors import StageError, StageFailed
 from stages.artifacts import load_meta, load_model, write_json
+from stages.export import op_counts
 from stages.onnx.contract import build_input_contract
 from stages.onnx.emitter import EmitError, export_graph_module
 from stages.onnx.parity import (
@@ -180,10 +181,9 @@ def _check_and_compare(
         raise StageFailed(f"accuracy test failed: {verdict}; {where}", metrics)
     message = f"accuracy test passed: {verdict}"
     if request.precision == "int8":
-        float_ops = ", ".join(f"{op_type} {number}" for op_type, number in metrics["float_ops"].items()) or "none"
         message += (
             f"; onnxruntime's optimized graph runs {metrics['int8_kernels']} int8 kernels "
-            f"({metrics['float_compute_nodes']} Conv, Gemm, MatMul or Add left in float; other float ops: {float_ops})"
+            f"({metrics['float_compute_nodes']} Conv, Gemm, MatMul or Add left in float; other float ops: {op_counts(metrics['float_ops'])})"
         )
     return metrics, message
 
